@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make quickstart` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-installs when pyproject.toml changes; skipped otherwise.
+STAMP := $(VENV)/.medlora-installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: venv quickstart test
+
+venv: $(STAMP)
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -U pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[dev,docs]'
+	touch $@
+
+quickstart: venv
+	$(BIN)/medlora quickstart --out medlora-quickstart
+
+test: venv
+	$(BIN)/ruff check medlora tests examples benchmarks
+	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict -d site
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,50 @@
+"""medlora: QLoRA fine-tuning of small Llama models on clinical text, shipped to vLLM and llama.cpp.
+
+Importing medlora is cheap: torch, bitsandbytes, gguf and llama.cpp load only when used.
+"""
+
+from medlora._errors import (
+    ConfigError,
+    DatasetError,
+    ExportError,
+    MedLoraError,
+    MissingDependencyError,
+    ModelLoadError,
+    OutOfMemoryError,
+    PHIDetectedError,
+    TrainingError,
+)
+from medlora.data import ClinicalDataset, ClinicalRecord
+from medlora.export import AdapterExporter, ExportConfig, ExportResult
+from medlora.training import (
+    LoraConfig,
+    QLoRATrainer,
+    QuantizationConfig,
+    TrainingConfig,
+    TrainingResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterExporter",
+    "ClinicalDataset",
+    "ClinicalRecord",
+    "ConfigError",
+    "DatasetError",
+    "ExportConfig",
+    "ExportError",
+    "ExportResult",
+    "LoraConfig",
+    "MedLoraError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "OutOfMemoryError",
+    "PHIDetectedError",
+    "QLoRATrainer",
+    "QuantizationConfig",
+    "TrainingConfig",
+    "TrainingError",
+    "TrainingResult",
+    "__version__",
+]

@@ -1,0 +1,155 @@
+"""The one exception tree of medlora.
+
+Every error that a user can fix derives from :class:`MedLoraError` *and* from the builtin
+it resembles, so both ``except MedLoraError`` and ``except ValueError`` work::
+
+    MedLoraError
+    ├── ConfigError (ValueError)            a config value or config file is wrong
+    ├── DatasetError (ValueError)           records are missing, malformed or of the wrong type
+    │   └── PHIDetectedError                protected health information found in mode="fail"
+    ├── ModelLoadError (OSError)            a model directory or hub id cannot be loaded
+    ├── MissingDependencyError (ImportError) an optional library is not installed
+    ├── TrainingError (RuntimeError)        training cannot go on (e.g. the loss became NaN)
+    │   └── OutOfMemoryError (MemoryError)  the accelerator ran out of memory
+    └── ExportError (RuntimeError)          an export failed or did not pass its parity check
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "ExportError",
+    "MedLoraError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "OutOfMemoryError",
+    "PHIDetectedError",
+    "TrainingError",
+]
+
+
+class MedLoraError(Exception):
+    """Root of every error medlora raises on purpose."""
+
+
+class ConfigError(MedLoraError, ValueError):
+    """A configuration value or configuration file is invalid.
+
+    Attributes:
+        field: The offending field (``"lora.rank"``), when one field is to blame.
+        path: The config file, when the value came from a file.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, path: Path | None = None):
+        super().__init__(message)
+        self.field = field
+        self.path = path
+
+
+class DatasetProblem:
+    """One problem found in one record: where it is and what is wrong."""
+
+    __slots__ = ("field", "message", "path", "record_index")
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        record_index: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = None if path is None else str(path)
+        self.record_index = record_index
+        self.field = field
+
+    def __str__(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(self.path)
+        if self.record_index is not None:
+            where.append(f"record {self.record_index}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+    def __repr__(self) -> str:
+        return f"DatasetProblem({str(self)!r})"
+
+
+class DatasetError(MedLoraError, ValueError):
+    """Records cannot be used: every problem found is listed in :attr:`problems`.
+
+    Attributes:
+        problems: Each bad record with its file, index (0-based; the line number for JSONL is
+            ``record_index + 1``) and field.
+    """
+
+    def __init__(self, problems: Sequence[DatasetProblem] | str, *, hint: str = "") -> None:
+        if isinstance(problems, str):
+            problems = [DatasetProblem(problems)]
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:20])
+        more = len(self.problems) - 20
+        if more > 0:
+            shown += f"\n  ... and {more} more"
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the dataset:\n{shown}"
+        super().__init__(head + (f"\n{hint}" if hint else ""))
+
+    @property
+    def path(self) -> str | None:
+        """The file of the first problem."""
+        return self.problems[0].path if self.problems else None
+
+    @property
+    def record_index(self) -> int | None:
+        """The record index of the first problem."""
+        return self.problems[0].record_index if self.problems else None
+
+    @property
+    def field(self) -> str | None:
+        """The field of the first problem."""
+        return self.problems[0].field if self.problems else None
+
+
+class PHIDetectedError(DatasetError):
+    """Protected health information was found while de-identifying in ``mode="fail"``.
+
+    The message names record indices and identifier kinds only, never the text itself.
+    """
+
+
+class ModelLoadError(MedLoraError, OSError):
+    """A model or tokenizer cannot be loaded from the given directory or hub id."""
+
+
+class MissingDependencyError(MedLoraError, ImportError):
+    """An optional dependency is needed for this feature but is not installed."""
+
+
+class TrainingError(MedLoraError, RuntimeError):
+    """Training cannot continue."""
+
+
+class OutOfMemoryError(TrainingError, MemoryError):
+    """The accelerator ran out of memory; the message says which setting to lower."""
+
+
+class ExportError(MedLoraError, RuntimeError):
+    """An export failed, or its parity check did not pass.
+
+    Attributes:
+        measurements: The measured parity numbers, when the failure is a parity failure.
+    """
+
+    def __init__(self, message: str, *, measurements: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.measurements = measurements or {}

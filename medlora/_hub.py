@@ -1,0 +1,78 @@
+"""Find a model: a local directory, or a hub id resolved to the local cache or a download."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medlora._errors import ModelLoadError
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A local directory holding the model's ``config.json``.
+
+    Args:
+        name_or_path: A directory, or a hub id such as ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``
+            (taken from the local Hugging Face cache, or downloaded when online).
+
+    Raises:
+        ModelLoadError: The directory lacks ``config.json``, or the hub id is not cached and
+            the hub cannot be reached; the message says how to point at a local directory.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} has no config.json: point at a Hugging Face model directory "
+                "(config.json, *.safetensors, tokenizer files)."
+            )
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise ModelLoadError(
+            f"{name!r} is neither an existing directory nor a hub id of the form "
+            "'owner/name'. Check the path."
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+    try:
+        local = snapshot_download(name, allow_patterns=patterns, local_files_only=_offline())
+    except Exception as exc:  # huggingface_hub raises several unrelated types here
+        how = (
+            "the hub is switched off (HF_HUB_OFFLINE=1)"
+            if _offline()
+            else "the hub cannot be reached"
+        )
+        raise ModelLoadError(
+            f"Model {name!r} is not in the local cache and {how}. On a connected machine run "
+            f"`hf download {name} --local-dir ./{name.split('/')[-1]}`, copy that directory "
+            f"here, and pass its path instead of the hub id (model: ./{name.split('/')[-1]})."
+        ) from exc
+    return Path(local)
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The model's fast tokenizer, with pad set to EOS when it has none (TinyLlama's choice)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer in {model_dir}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(
+            f"{model_dir} has only a slow tokenizer; medlora needs a fast one "
+            "(tokenizer.json, or tokenizer.model with the tokenizers package)."
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

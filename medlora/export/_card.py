@@ -1,0 +1,108 @@
+"""Model card (README.md) and Ollama Modelfile written beside every export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+INTENDED_USE = (
+    "Research and development of clinical-language assistants. **Not a medical device.** "
+    "Outputs can be wrong, incomplete or outdated and must be reviewed by a qualified "
+    "clinician before they inform any care decision. Do not use it for diagnosis or treatment "
+    "without clinician oversight, and never feed it data you are not permitted to process."
+)
+
+
+def model_card(
+    *,
+    name: str,
+    base_model: str,
+    license: str,
+    training: Mapping[str, Any],
+    parity: Mapping[str, Any],
+    files: Mapping[str, str],
+    version: str,
+) -> str:
+    """Markdown model card with Hugging Face metadata front matter."""
+    metrics = training.get("metrics", {})
+    lines = [
+        "---",
+        f"license: {license}",
+        "language: [en]",
+        "library_name: transformers",
+        f"base_model: {base_model}",
+        "pipeline_tag: text-generation",
+        "tags: [medlora, qlora, medical, clinical, llama]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A LoRA fine-tune of `{base_model}` made with medlora {version} (QLoRA: NF4 4-bit "
+        "base, LoRA adapters on the linear layers).",
+        "",
+        "## Intended use and limitations",
+        "",
+        INTENDED_USE,
+        "",
+        "## Files",
+        "",
+        "| artefact | path |",
+        "|---|---|",
+        *[f"| {kind} | `{path}` |" for kind, path in files.items()],
+        "",
+        "## Training",
+        "",
+        f"- records: {training.get('train_records', '?')} train, "
+        f"{training.get('eval_records', '?')} held out "
+        f"(data fingerprint `{str(training.get('data_fingerprint', '?'))[:16]}`)",
+        f"- held-out loss: {metrics.get('initial_eval_loss', float('nan')):.4f} before, "
+        f"{metrics.get('final_eval_loss', float('nan')):.4f} after "
+        f"{metrics.get('steps', '?')} steps",
+        "",
+        "```json",
+        json.dumps(training.get("config", {}), indent=2),
+        "```",
+        "",
+        "## Export parity",
+        "",
+        "Every artefact was compared with the trained model (4-bit base + adapter) on probe "
+        "prompts: top-1 next-token agreement over all positions, largest logit difference and "
+        "mean KL divergence.",
+        "",
+        "| artefact | top-1 agreement | last-token agreement | max abs logit diff | mean KL |",
+        "|---|---|---|---|---|",
+    ]
+    for artefact, row in parity.get("artefacts", {}).items():
+        lines.append(
+            f"| {artefact} | {row['top1']:.4f} | {row['top1_last']:.4f} | "
+            f"{row['max_abs_logit_diff']:.4g} | {row['mean_kl']:.3g} |"
+        )
+    if "tokenization" in parity:
+        tok = parity["tokenization"]
+        lines += [
+            "",
+            f"Tokenization identical in llama.cpp and transformers on "
+            f"{tok['matching']}/{tok['total']} probe texts.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def ollama_modelfile(gguf_name: str) -> str:
+    """An Ollama Modelfile for the Zephyr chat format, stopping at ``</s>``."""
+    return "\n".join(
+        [
+            f"FROM ./{gguf_name}",
+            'TEMPLATE """{{ if .System }}<|system|>',
+            "{{ .System }}</s>",
+            "{{ end }}{{ if .Prompt }}<|user|>",
+            "{{ .Prompt }}</s>",
+            "{{ end }}<|assistant|>",
+            '{{ .Response }}</s>"""',
+            'PARAMETER stop "</s>"',
+            'PARAMETER stop "<|user|>"',
+            "PARAMETER temperature 0.2",
+            "",
+        ]
+    )

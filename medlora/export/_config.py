@@ -1,0 +1,107 @@
+"""Frozen, validated export settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from medlora._config import ConfigBase, in_range, one_of
+from medlora._errors import ConfigError
+from medlora.export._gguf import GGUF_LLAMA_CPP_TYPES, GGUF_NUMPY_TYPES
+
+FORMATS = ("adapter", "merged", "gguf")
+GGUF_TYPES = tuple(dict.fromkeys(GGUF_NUMPY_TYPES + GGUF_LLAMA_CPP_TYPES))
+
+DEFAULT_MIN_AGREEMENT = {
+    "F32": 0.999,
+    "F16": 0.99,
+    "BF16": 0.95,
+    "Q8_0": 0.95,
+    "Q6_K": 0.85,
+    "Q5_K_M": 0.8,
+    "Q4_K_M": 0.6,
+    "Q4_0": 0.5,
+    "Q3_K_M": 0.3,
+    "Q2_K": 0.0,
+}
+"""Minimum top-1 next-token agreement with the merged HF model, over every probe position.
+
+Measured on the tiny test model, whose near-flat logits make quantized types look worse than
+on a real model; raise them for real models with ``min_agreement``."""
+
+
+def _tuple_upper(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(str(v).upper() for v in items)
+
+
+def _tuple(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _subset(allowed: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    def check(
+        _inst: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+    ) -> None:
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise ConfigError(
+                f"{attribute.name} has unknown entries {bad}; choose from {', '.join(allowed)}.",
+                field=attribute.name,
+            )
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class ExportConfig(ConfigBase):
+    """What :class:`~medlora.AdapterExporter` writes and how strictly it checks it."""
+
+    formats: tuple[str, ...] = attrs.field(
+        default=FORMATS, converter=_tuple, validator=_subset(FORMATS)
+    )
+    """Any of ``adapter`` (peft directory), ``merged`` (HF safetensors for vLLM), ``gguf``."""
+    gguf_types: tuple[str, ...] = attrs.field(
+        default=("F16", "Q4_K_M"), converter=_tuple_upper, validator=_subset(GGUF_TYPES)
+    )
+    """GGUF files to write; K-quants come from llama.cpp's quantizer."""
+    merge_strategy: Literal["auto", "original", "nf4-roundtrip"] = attrs.field(
+        default="auto", validator=one_of("auto", "original", "nf4-roundtrip")
+    )
+    """Base the adapter is merged into: the original 16-bit weights, dequant(NF4(W)) (what the
+    adapter saw in training), or ``auto``: whichever measures closer to the trained model."""
+    merged_dtype: Literal["float16", "bfloat16", "float32"] = attrs.field(
+        default="float16", validator=one_of("float16", "bfloat16", "float32")
+    )
+    """dtype of the merged safetensors (F16 GGUF is then an exact copy of it)."""
+    parity: bool = True
+    """Measure every artefact against the trained model (on by default)."""
+    strict: bool = True
+    """A failed parity threshold raises ExportError; ``False`` turns it into a warning."""
+    min_agreement: dict[str, float] = attrs.field(factory=dict)
+    """Per-type overrides of :data:`DEFAULT_MIN_AGREEMENT`."""
+    max_merge_kl: float = attrs.field(default=1e-3, converter=float, validator=in_range(0, 10))
+    """Largest mean KL(trained || merged) over probe positions before the merge fails."""
+    base_model_id: str | None = None
+    """Hub id recorded as the adapter's base (default: the local path trained on)."""
+    license: str = "apache-2.0"
+    """License written to the model card."""
+    name: str | None = None
+    """Model name for the card and GGUF metadata (default: the export directory's name)."""
+
+    def __attrs_post_init__(self) -> None:
+        if "gguf" in self.formats and not self.gguf_types:
+            raise ConfigError(
+                "gguf_types is empty while formats has 'gguf'; add e.g. 'F16'.", field="gguf_types"
+            )
+        bad = [k for k in self.min_agreement if k.upper() not in GGUF_TYPES]
+        if bad:
+            raise ConfigError(
+                f"min_agreement names unknown GGUF types {bad}.", field="min_agreement"
+            )
+
+    def threshold(self, gguf_type: str) -> float:
+        """Minimum top-1 agreement for ``gguf_type``."""
+        overrides = {k.upper(): v for k, v in self.min_agreement.items()}
+        return overrides.get(gguf_type, DEFAULT_MIN_AGREEMENT.get(gguf_type, 0.0))

@@ -1,0 +1,272 @@
+"""AdapterExporter: adapter, merged HF weights and GGUF files, each checked against training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from medlora._errors import ExportError
+from medlora._hub import load_tokenizer
+from medlora._io import atomic_dir, write_json
+from medlora._versions import library_versions
+from medlora.export._card import model_card, ollama_modelfile
+from medlora.export._config import ExportConfig
+from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
+from medlora.export._merge import load_trained, merged_model
+from medlora.export._parity import (
+    Agreement,
+    compare,
+    hf_logits,
+    llama_cpp_logits,
+    probe_ids,
+    tokenization_matches,
+)
+from medlora.training import QuantizationConfig, TrainingResult
+from medlora.training._trainer import TOKENIZER_FILES
+
+
+@attrs.frozen(kw_only=True)
+class ExportResult:
+    """Where each artefact went and how it measured against the trained model."""
+
+    out_dir: Path
+    """The export directory (holds ``README.md``, ``parity.json``, ``medlora.json``)."""
+    adapter_dir: Path | None
+    """peft adapter directory, if exported."""
+    merged_dir: Path | None
+    """Merged HF directory for vLLM, if exported."""
+    gguf_files: dict[str, Path]
+    """GGUF type -> file."""
+    merge_strategy: str | None
+    """Merge strategy used for ``merged_dir``."""
+    parity: dict[str, Any]
+    """Everything measured (also in ``parity.json``)."""
+
+
+@attrs.define
+class AdapterExporter:
+    """Ship a training run: adapter, merged safetensors for vLLM, GGUF for llama.cpp."""
+
+    run: Path | TrainingResult = attrs.field()
+    """A training run directory (or the :class:`~medlora.TrainingResult` of one)."""
+    config: ExportConfig = attrs.field(factory=ExportConfig)
+    """What to write and how strictly to check it."""
+
+    @property
+    def run_dir(self) -> Path:
+        """The training run directory."""
+        return self.run.run_dir if isinstance(self.run, TrainingResult) else Path(self.run)
+
+    def _run_info(self) -> dict[str, Any]:
+        meta = self.run_dir / "medlora.json"
+        if not meta.is_file() or not (self.run_dir / "adapter").is_dir():
+            raise ExportError(
+                f"{self.run_dir} is not a finished medlora training run (no "
+                "medlora.json or adapter/): pass the output_dir of a run."
+            )
+        info: dict[str, Any] = json.loads(meta.read_text())
+        return info
+
+    def export(self, out_dir: str | Path) -> ExportResult:
+        """Write every configured artefact under ``out_dir``, atomically.
+
+        The export is built in a temporary directory beside ``out_dir`` and renamed into place
+        only when every artefact passed its checks, so a failed or interrupted export leaves a
+        previous one intact.
+        """
+        cfg = self.config
+        out_dir = Path(out_dir)
+        info = self._run_info()
+        base = Path(info["base_model"])
+        quant_cfg = info["config"].get("quantization")
+        quant = QuantizationConfig.from_dict(quant_cfg) if quant_cfg else None
+        adapter_src = self.run_dir / "adapter"
+        tokenizer = load_tokenizer(
+            adapter_src if (adapter_src / "tokenizer_config.json").exists() else base
+        )
+        _check_free_space(out_dir, base)
+        name = cfg.name or out_dir.name
+        parity: dict[str, Any] = {"artefacts": {}}
+        problems: list[str] = []
+        ids = probe_ids(tokenizer)
+        with atomic_dir(out_dir) as tmp:
+            files: dict[str, str] = {}
+            adapter_dir = merged_dir = None
+            if "adapter" in cfg.formats:
+                adapter_dir = self._write_adapter(adapter_src, tmp / "adapter", base)
+                files["peft adapter (vLLM --enable-lora)"] = "adapter/"
+            reference = hf_logits(load_trained(base, adapter_src, quant), ids)
+            strategy = None
+            merged = None
+            if "merged" in cfg.formats or "gguf" in cfg.formats:
+                strategy, merged, measured = self._merge(base, adapter_src, quant, ids, reference)
+                parity["merge"] = measured
+                if measured[strategy]["mean_kl"] > cfg.max_merge_kl:
+                    problems.append(
+                        f"merged ({strategy}) mean KL {measured[strategy]['mean_kl']:.3g}"
+                        f" > max_merge_kl {cfg.max_merge_kl}"
+                    )
+                parity["artefacts"][f"merged ({strategy})"] = measured[strategy]
+                merged_dir = self._write_merged(merged, tmp / "merged", base, tokenizer)
+                files["merged safetensors (vLLM)"] = "merged/"
+            gguf_files: dict[str, Path] = {}
+            if "gguf" in cfg.formats and merged_dir is not None:
+                merged_logits = hf_logits(merged, ids)
+                gguf_files = self._write_gguf(merged_dir, tmp / "gguf", name, base)
+                for qtype, path in gguf_files.items():
+                    files[f"GGUF {qtype} (llama.cpp)"] = f"gguf/{path.name}"
+                    agreement = compare(merged_logits, llama_cpp_logits(path, ids))
+                    parity["artefacts"][f"gguf {qtype}"] = agreement.to_dict()
+                    if agreement.top1 < cfg.threshold(qtype):
+                        problems.append(
+                            f"GGUF {qtype} top-1 agreement {agreement.top1:.4f} < "
+                            f"{cfg.threshold(qtype)}"
+                        )
+                first = next(iter(gguf_files.values()))
+                texts = [
+                    tokenizer.decode(i, skip_special_tokens=False)[len("<s>") :].lstrip()
+                    for i in ids
+                ]
+                same, total = tokenization_matches(first, tokenizer, texts)
+                parity["tokenization"] = {"matching": same, "total": total}
+                (tmp / "gguf" / "Modelfile").write_text(
+                    ollama_modelfile(gguf_files.get("Q4_K_M", first).name)
+                )
+                if "merged" not in cfg.formats:
+                    shutil.rmtree(tmp / "merged")
+                    merged_dir = None
+            del merged
+            write_json(tmp / "parity.json", parity)
+            (tmp / "README.md").write_text(
+                model_card(
+                    name=name,
+                    base_model=cfg.base_model_id or str(base),
+                    license=cfg.license,
+                    training=info,
+                    parity=parity,
+                    files=files,
+                    version=library_versions()["medlora"],
+                )
+            )
+            write_json(
+                tmp / "medlora.json",
+                {
+                    "kind": "export",
+                    "export_config": cfg.to_dict(),
+                    "training": info,
+                    "merge_strategy": strategy,
+                    "versions": library_versions(),
+                },
+            )
+            if problems and cfg.parity:
+                message = "export parity check failed: " + "; ".join(problems)
+                if cfg.strict:
+                    raise ExportError(
+                        message + " (set strict=False to keep the export anyway)",
+                        measurements=parity,
+                    )
+                warnings.warn(message, stacklevel=2)
+        return ExportResult(
+            out_dir=out_dir,
+            adapter_dir=out_dir / "adapter" if adapter_dir else None,
+            merged_dir=out_dir / "merged" if merged_dir else None,
+            gguf_files={k: out_dir / "gguf" / v.name for k, v in gguf_files.items()},
+            merge_strategy=strategy,
+            parity=parity,
+        )
+
+    def _write_adapter(self, src: Path, dst: Path, base: Path) -> Path:
+        shutil.copytree(src, dst)
+        config_path = dst / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = self.config.base_model_id or str(base)
+        if config.get("modules_to_save"):
+            warnings.warn(
+                "the adapter has modules_to_save; vLLM cannot serve it with "
+                "--enable-lora (use the merged directory instead)",
+                stacklevel=3,
+            )
+        write_json(config_path, config)
+        return dst
+
+    def _merge(
+        self,
+        base: Path,
+        adapter: Path,
+        quant: QuantizationConfig | None,
+        ids: list[list[int]],
+        reference: list[Any],
+    ) -> tuple[str, Any, dict[str, dict[str, float]]]:
+        """Merge by each candidate strategy; keep the one with the lowest KL to training."""
+        wanted = self.config.merge_strategy
+        candidates = ["original", "nf4-roundtrip"] if wanted == "auto" else [wanted]
+        if quant is None:
+            candidates = ["original"]
+        measured: dict[str, dict[str, float]] = {}
+        best: tuple[float, str, Any] | None = None
+        for strategy in candidates:
+            model = merged_model(base, adapter, strategy=strategy, quant=quant)
+            agreement: Agreement = compare(reference, hf_logits(model, ids))
+            measured[strategy] = agreement.to_dict()
+            if best is None or agreement.mean_kl < best[0]:
+                best = (agreement.mean_kl, strategy, model)
+        assert best is not None
+        return best[1], best[2], measured
+
+    def _write_merged(self, model: Any, dst: Path, base: Path, tokenizer: Any) -> Path:
+        import torch
+        from transformers import GenerationConfig
+
+        dtype = getattr(torch, self.config.merged_dtype)
+        model.to(dtype).save_pretrained(dst, safe_serialization=True, max_shard_size="2GB")
+        model.to(torch.float32)
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, dst / name)
+        GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=256,
+        ).save_pretrained(dst)
+        return dst
+
+    def _write_gguf(self, merged_dir: Path, dst: Path, name: str, base: Path) -> dict[str, Path]:
+        dst.mkdir()
+        metadata = {
+            "general.name": name,
+            "general.license": self.config.license,
+            "general.base_model": self.config.base_model_id or base.name,
+            "general.description": "medlora QLoRA fine-tune; not a medical device",
+        }
+        out: dict[str, Path] = {}
+        intermediate = dst / f"{name}-F16.gguf"
+        write_gguf(merged_dir, intermediate, outtype="F16", metadata=metadata)
+        for qtype in self.config.gguf_types:
+            path = dst / f"{name}-{qtype}.gguf"
+            if qtype == "F16":
+                out[qtype] = intermediate
+            elif qtype in GGUF_NUMPY_TYPES:
+                out[qtype] = write_gguf(merged_dir, path, outtype=qtype, metadata=metadata)
+            else:
+                out[qtype] = quantize_gguf(intermediate, path, qtype)
+        if "F16" not in self.config.gguf_types:
+            intermediate.unlink()
+        return out
+
+
+def _check_free_space(out_dir: Path, base: Path) -> None:
+    """Refuse to start when the disk clearly cannot hold the export (4x the base weights)."""
+    need = 4 * sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    probe = out_dir.parent if out_dir.parent.exists() else Path.cwd()
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ExportError(
+            f"only {free / 1e9:.1f} GB free under {probe}, the export needs about "
+            f"{need / 1e9:.1f} GB; free space or choose another out_dir"
+        )

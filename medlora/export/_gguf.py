@@ -1,0 +1,337 @@
+"""Hugging Face Llama directory -> GGUF file, without a llama.cpp checkout.
+
+:func:`write_gguf` converts in numpy (F32, F16, BF16, Q8_0, Q4_0) while streaming one tensor at
+a time from the safetensors files, so peak memory stays near one copy of the largest tensor.
+:func:`quantize_gguf` then uses llama.cpp's own quantizer (through llama-cpp-python) for the
+K-quants. Both write beside the target under a temporary name and rename only on success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import difflib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from medlora._errors import ConfigError, ExportError
+from medlora._optional import require
+from medlora.export._gguf_vocab import add_vocab, gguf_tokenizer_report, load_vocab
+
+__all__ = [
+    "GGUF_LLAMA_CPP_TYPES",
+    "GGUF_NUMPY_TYPES",
+    "gguf_tokenizer_report",
+    "quantize_gguf",
+    "write_gguf",
+]
+
+GGUF_NUMPY_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
+"""Target types :func:`write_gguf` writes itself (gguf-py's numpy quantizers)."""
+GGUF_LLAMA_CPP_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
+"""Target types :func:`quantize_gguf` makes with llama.cpp's quantizer."""
+
+_FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2}  # gguf.LlamaFileType
+_DROPPED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class _TensorPlan:
+    source: str
+    """Name in the safetensors file."""
+    name: str
+    """GGUF name (``blk.0.attn_q.weight``)."""
+    shape: tuple[int, ...]
+    qtype: str
+    """``F32``, ``F16``, ``BF16``, ``Q8_0`` or ``Q4_0``."""
+    permute_heads: int
+    """Heads for the Q/K rotate-half -> pairwise permutation; 0 for no permutation."""
+
+
+def write_gguf(
+    model_dir: Path,
+    out_path: Path,
+    *,
+    outtype: str = "F16",
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Convert a Hugging Face Llama directory (safetensors + tokenizer) to one GGUF file.
+
+    Args:
+        model_dir: Directory with ``config.json``, ``model.safetensors`` (or shards with
+            ``model.safetensors.index.json``) and ``tokenizer.model`` or ``tokenizer.json``.
+        out_path: The ``.gguf`` file to write; a previous file there is replaced only once the
+            new one is complete.
+        outtype: One of :data:`GGUF_NUMPY_TYPES`. 1-D tensors and norms stay F32; a tensor whose
+            rows do not divide the quantization block falls back to F16, as in llama.cpp.
+        metadata: Extra string keys, e.g. ``general.license``, ``general.description``,
+            ``general.base_model`` (written as GGUF's ``general.base_model.0.name``). Keys must
+            start with ``general.`` or ``medlora.``. ``medlora.version`` is added by default.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ConfigError: An unknown ``outtype`` or metadata key.
+        ExportError: Not a Llama model, missing weights or tokenizer, or an unknown tensor.
+    """
+    gguf = require("gguf", "GGUF export")
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    qtype = _check_type(outtype, GGUF_NUMPY_TYPES, "write_gguf", other=GGUF_LLAMA_CPP_TYPES)
+    extra = _check_metadata(metadata or {})
+    config = _read_llama_config(model_dir)
+    n_layers = int(config["num_hidden_layers"])
+
+    with _safetensors(model_dir) as handles:
+        plans = _plan(
+            handles, config, qtype, gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+        )
+        embed = next((p for p in plans if p.name == "token_embd.weight"), None)
+        if embed is None:
+            raise ExportError(f"{model_dir} has no model.embed_tokens.weight tensor")
+        vocab = load_vocab(model_dir, n_vocab=embed.shape[0])
+
+        with _temporary_beside(out_path) as tmp:
+            writer = gguf.GGUFWriter(str(tmp), "llama")
+            try:
+                writer.add_name(extra.pop("general.name", model_dir.name))
+                _add_hparams(writer, gguf, config, embed.shape[0], qtype)
+                for key, value in extra.items():
+                    if key == "general.base_model":
+                        writer.add_base_model_count(1)
+                        writer.add_base_model_name(0, value)
+                    else:
+                        writer.add_string(key, value)
+                add_vocab(writer, vocab, model_dir)
+                for p in plans:
+                    raw = gguf.GGMLQuantizationType[p.qtype]
+                    block, type_size = gguf.GGML_QUANT_SIZES[raw]
+                    nbytes = _numel(p.shape) // block * type_size
+                    writer.add_tensor_info(p.name, p.shape, _f32(), nbytes, raw_dtype=raw)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                for p in plans:  # one tensor in memory at a time
+                    writer.write_tensor_data(_convert(handles[p.source], p, gguf))
+                writer.flush()
+            finally:
+                writer.close()
+    return out_path
+
+
+def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = None) -> Path:
+    """Re-quantize a GGUF file (F16 or F32 is best) with llama.cpp's quantizer.
+
+    Args:
+        src: The input GGUF file, usually from :func:`write_gguf`.
+        dst: The output file; replaced only once the new one is complete.
+        qtype: One of :data:`GGUF_LLAMA_CPP_TYPES` (``"Q4_K_M"`` is the usual choice).
+        threads: Quantizer threads; llama.cpp's default (all cores) when ``None``.
+
+    Raises:
+        ConfigError: An unknown ``qtype``.
+        ExportError: llama.cpp refused the file (details are on stderr).
+    """
+    name = _check_type(qtype, GGUF_LLAMA_CPP_TYPES, "quantize_gguf", other=GGUF_NUMPY_TYPES)
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ExportError(f"{src} does not exist; write it first with write_gguf()")
+    llama_cpp = require("llama_cpp", "GGUF quantization")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+    if threads is not None:
+        params.nthread = int(threads)
+    with _temporary_beside(dst) as tmp:
+        code = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
+        )
+        if code != 0:
+            raise ExportError(
+                f"llama.cpp could not quantize {src} to {name} (return code {code}); its reason "
+                "is printed on stderr"
+            )
+    return dst
+
+
+def _check_type(value: str, valid: tuple[str, ...], func: str, *, other: tuple[str, ...]) -> str:
+    name = value.upper()
+    if name in valid:
+        return name
+    if name in other:
+        where = "quantize_gguf()" if func == "write_gguf" else "write_gguf(outtype=...)"
+        hint = f" {name} is made by {where}."
+    else:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{func} cannot make {value!r}; valid types: {', '.join(valid)}.{hint}")
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    extra = {"medlora.version": _medlora_version()}
+    bad = [k for k in metadata if not k.startswith(("general.", "medlora."))]
+    if bad:
+        raise ConfigError(f"GGUF metadata keys must start with 'general.' or 'medlora.': {bad}")
+    extra.update({k: str(v) for k, v in metadata.items()})
+    return extra
+
+
+def _medlora_version() -> str:
+    try:
+        return importlib_metadata.version("medlora")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _read_llama_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{model_dir} has no config.json; is it a Hugging Face model directory?")
+    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    archs = config.get("architectures") or []
+    if config.get("model_type") != "llama" or (archs and archs[0] != "LlamaForCausalLM"):
+        found = archs[0] if archs else config.get("model_type", "unknown")
+        raise ExportError(
+            f"GGUF export supports only Llama-architecture models (LlamaForCausalLM), but "
+            f"{model_dir} holds {found!r}"
+        )
+    return config
+
+
+def _rope(config: Mapping[str, Any]) -> tuple[float, str, float]:
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    theta = float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    kind = str(params.get("rope_type") or params.get("type") or "default")
+    if kind not in ("default", "linear"):
+        raise ExportError(f"RoPE scaling {kind!r} is not supported by medlora's GGUF export")
+    return theta, kind, float(params.get("factor", 1.0))
+
+
+def _add_hparams(
+    writer: Any, gguf: Any, config: Mapping[str, Any], n_vocab: int, qtype: str
+) -> None:
+    n_head = int(config["num_attention_heads"])
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // n_head)
+    theta, rope_kind, factor = _rope(config)
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    writer.add_context_length(int(config["max_position_embeddings"]))
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
+    if head_dim * n_head != hidden:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(theta)
+    writer.add_rope_dimension_count(head_dim)  # llama.cpp rejects the file without it
+    if rope_kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(_FILE_TYPES[qtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _plan(
+    handles: Mapping[str, Any], config: Mapping[str, Any], qtype: str, name_map: Any
+) -> list[_TensorPlan]:
+    n_head = int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_head)
+    plans: list[_TensorPlan] = []
+    for source, handle in handles.items():
+        if source.endswith(_DROPPED_SUFFIXES):
+            continue
+        name = name_map.get_name(source, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            hint = " Merge the LoRA adapter first." if "lora_" in source else ""
+            raise ExportError(
+                f"tensor {source!r} has no GGUF name for the llama architecture.{hint}"
+            )
+        shape = tuple(int(d) for d in handle.get_slice(source).get_shape())
+        permute = n_head if ".q_proj." in source else n_kv if ".k_proj." in source else 0
+        plans.append(_TensorPlan(source, name, shape, _tensor_type(name, shape, qtype), permute))
+    return plans
+
+
+def _tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> str:
+    if len(shape) <= 1 or name.endswith("_norm.weight"):
+        return "F32"
+    if qtype in ("Q8_0", "Q4_0") and shape[-1] % 32 != 0:
+        return "F16"  # llama.cpp's fallback for rows that are not whole blocks
+    return qtype
+
+
+def _convert(handle: Any, plan: _TensorPlan, gguf: Any) -> Any:
+    torch = require("torch", "GGUF export")
+    with torch.no_grad():
+        data = handle.get_tensor(plan.source).to(torch.float32).numpy()  # HF layout (out, in)
+    if plan.permute_heads:  # rotate-half (HF) -> interleaved pairs (llama.cpp)
+        n = plan.permute_heads
+        data = (
+            data.reshape(n, 2, data.shape[0] // n // 2, *data.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(data.shape)
+        )
+    return gguf.quants.quantize(data, gguf.GGMLQuantizationType[plan.qtype])
+
+
+@contextlib.contextmanager
+def _safetensors(model_dir: Path) -> Iterator[dict[str, Any]]:
+    """Open every safetensors file lazily; yield {tensor name: open file handle}."""
+    safetensors = require("safetensors", "GGUF export")
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (model_dir / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ExportError(
+            f"{model_dir} has no model.safetensors; save the model with "
+            "save_pretrained(..., safe_serialization=True)"
+        )
+    with contextlib.ExitStack() as stack:
+        handles: dict[str, Any] = {}
+        for file in files:
+            handle = stack.enter_context(
+                safetensors.safe_open(str(model_dir / file), framework="pt")
+            )
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                handles[key] = handle
+        yield dict(sorted(handles.items()))
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as done:
+            os.fsync(done.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _f32() -> Any:
+    numpy = require("numpy", "GGUF export")
+    return numpy.dtype(numpy.float32)

@@ -1,0 +1,125 @@
+"""Frozen, validated configs for QLoRA training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from medlora._config import ConfigBase, in_range, integer, non_negative, one_of, positive
+from medlora._errors import ConfigError
+
+
+def _modules(value: str | list[str] | tuple[str, ...]) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return value
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class LoraConfig(ConfigBase):
+    """Low-rank adapter settings (passed to peft)."""
+
+    rank: int = attrs.field(default=16, validator=[integer, positive])
+    """Rank ``r`` of each adapter; 8-64 is typical."""
+    alpha: float = attrs.field(default=32.0, converter=float, validator=positive)
+    """Scale numerator: updates are multiplied by ``alpha / rank`` (``alpha/sqrt(rank)``
+    with rsLoRA)."""
+    dropout: float = attrs.field(default=0.05, converter=float, validator=in_range(0.0, 0.9))
+    """Dropout on the adapter input."""
+    target_modules: str | tuple[str, ...] = attrs.field(default="all-linear", converter=_modules)
+    """``"all-linear"`` (QLoRA's choice) or module names such as ``["q_proj", "v_proj"]``."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling ``alpha / sqrt(rank)``."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    modules_to_save: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """Fully trained extra modules (e.g. ``lm_head``); vLLM cannot serve such adapters."""
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.target_modules, tuple) and not self.target_modules:
+            raise ConfigError(
+                "target_modules is empty: use 'all-linear' or list module names such as "
+                "['q_proj', 'v_proj'].",
+                field="target_modules",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class QuantizationConfig(ConfigBase):
+    """4-bit storage of the frozen base model (bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = attrs.field(default="nf4", validator=one_of("nf4", "fp4"))
+    """NF4 (QLoRA's NormalFloat) or plain FP4."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.37 bit per parameter)."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = attrs.field(
+        default="auto", validator=one_of("auto", "bfloat16", "float16", "float32")
+    )
+    """Matmul dtype; ``auto`` picks bf16 where the GPU supports it, fp16 on older GPUs and
+    fp32 on CPU."""
+
+
+@attrs.frozen(kw_only=True)
+class TrainingConfig(ConfigBase):
+    """Everything one training run needs; ``medlora train CONFIG`` reads it from YAML/TOML."""
+
+    model: str = attrs.field(validator=attrs.validators.instance_of(str))
+    """Local model directory or hub id (e.g. ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``)."""
+    output_dir: Path = attrs.field(converter=Path)
+    """Run directory: checkpoints, logs, the final adapter and ``medlora.json``."""
+    data: str | None = None
+    """JSONL training file; ``None`` uses the embedded synthetic clinical dataset."""
+    lora: LoraConfig = attrs.field(factory=LoraConfig)
+    """Adapter settings."""
+    quantization: QuantizationConfig | None = attrs.field(factory=QuantizationConfig)
+    """4-bit base settings; ``None`` trains plain LoRA on a 16/32-bit base."""
+    max_seq_len: int = attrs.field(default=1024, validator=[integer, positive])
+    """Examples are truncated to this many tokens."""
+    micro_batch_size: int = attrs.field(default=4, validator=[integer, positive])
+    """Examples per forward pass."""
+    grad_accum_steps: int = attrs.field(default=1, validator=[integer, positive])
+    """Micro-batches per optimizer step."""
+    max_steps: int = attrs.field(default=100, validator=[integer, positive])
+    """Optimizer steps to train for."""
+    learning_rate: float = attrs.field(default=2e-4, converter=float, validator=positive)
+    """Peak learning rate."""
+    weight_decay: float = attrs.field(default=0.0, converter=float, validator=non_negative)
+    """AdamW weight decay on adapter weights."""
+    warmup_steps: int = attrs.field(default=0, validator=[integer, non_negative])
+    """Linear warm-up steps."""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = attrs.field(
+        default="cosine", validator=one_of("constant", "linear", "cosine")
+    )
+    """Decay after warm-up."""
+    max_grad_norm: float = attrs.field(default=1.0, converter=float, validator=non_negative)
+    """Gradient clipping norm; 0 disables clipping."""
+    gradient_checkpointing: Literal["auto", "on", "off"] = attrs.field(
+        default="auto", validator=one_of("auto", "on", "off")
+    )
+    """Recompute activations to save memory; ``auto`` turns it on for GPUs only."""
+    validation_fraction: float = attrs.field(
+        default=0.1, converter=float, validator=in_range(0.0, 0.5)
+    )
+    """Share of records (grouped by patient where possible) held out for evaluation."""
+    eval_every: int = attrs.field(default=0, validator=[integer, non_negative])
+    """Evaluate every N steps (0: only at the end)."""
+    log_every: int = attrs.field(default=1, validator=[integer, positive])
+    """Write a log line every N steps."""
+    seed: int = attrs.field(default=0, validator=integer)
+    """Seed for weights of the adapter, data order and dropout."""
+    system_prompt: str | None = None
+    """System turn added to records that have none."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.model.strip():
+            raise ConfigError(
+                "model is empty: give a local model directory or a hub id.", field="model"
+            )
+        if self.warmup_steps >= self.max_steps:
+            raise ConfigError(
+                f"warmup_steps = {self.warmup_steps} must be smaller than max_steps = "
+                f"{self.max_steps}; lower warmup_steps.",
+                field="warmup_steps",
+            )

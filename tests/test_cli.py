@@ -1,0 +1,59 @@
+"""The ``medlora`` command over the same objects as the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medlora.cli import main
+
+
+def test_quickstart_runs_the_whole_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--steps", "12", "--pretrain-steps", "30"]) == 0
+    report = capsys.readouterr().out
+    assert "training loss" in report and "held-out loss" in report
+    assert "GGUF answer" in report
+    assert (out / "export/gguf/export-Q4_K_M.gguf").is_file()
+    assert (out / "export/merged/model.safetensors").is_file()
+    assert (out / "export/adapter/adapter_model.safetensors").is_file()
+
+
+def test_train_then_export_from_a_yaml_config(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"model: {tiny_model_dir}\noutput_dir: {tmp_path / 'run'}\nmax_steps: 3\n"
+        "max_seq_len: 256\nlora:\n  rank: 4\n  alpha: 8\n"
+    )
+    assert main(["train", str(config)]) == 0
+    assert "held-out loss" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "run/medlora.json").read_text())
+    assert meta["config"]["lora"]["rank"] == 4
+    assert main(["export", str(tmp_path / "run"), "--gguf", "F16"]) == 0
+    assert "gguf F16" in capsys.readouterr().out
+    assert (tmp_path / "run/export/gguf/export-F16.gguf").is_file()
+
+
+def test_user_errors_exit_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: m\noutput_dir: o\nmax_step: 3\n")
+    assert main(["train", str(config)]) == 2
+    assert "Did you mean 'max_steps'" in capsys.readouterr().err
+
+
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text: Any = capsys.readouterr().out
+    for command in ("quickstart", "train", "export"):
+        assert command in text
