@@ -25,10 +25,17 @@ from medlora.testing import make_tiny_llama
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps (default 30)")
-    parser.add_argument("--out", type=Path, default=Path("train-and-export"),
-                        help="directory for the model, the run and the export")
-    parser.add_argument("--model", default=None,
-                        help="a local Llama model directory or hub id (default: a tiny model)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("train-and-export"),
+        help="directory for the model, the run and the export",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a local Llama model directory or hub id (default: a tiny model)",
+    )
     args = parser.parse_args(argv)
     out: Path = args.out
 
@@ -47,8 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         validation_fraction=0.02,
     )
     result = QLoRATrainer(config, dataset=dataset).train(progress=False)
-    print(f"held-out loss {result.initial_eval_loss:.3f} -> {result.final_eval_loss:.3f} "
-          f"after {result.steps} steps ({result.seconds:.0f} s)")
+    print(
+        f"held-out loss {result.initial_eval_loss:.3f} -> {result.final_eval_loss:.3f} "
+        f"after {result.steps} steps ({result.seconds:.0f} s)"
+    )
 
     export = AdapterExporter(result, ExportConfig(gguf_types=("F16",))).export(out / "export")
     gguf = export.gguf_files["F16"]
@@ -58,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     llm = open_gguf(gguf, n_ctx=512)
     try:
         reply = llm.create_chat_completion(
-            messages=[{"role": "system", "content": "You are a careful clinical assistant."},
-                      {"role": "user", "content": "What are warning signs of sepsis?"}],
+            messages=[
+                {"role": "system", "content": "You are a careful clinical assistant."},
+                {"role": "user", "content": "What are warning signs of sepsis?"},
+            ],
             max_tokens=32,
             temperature=0.0,
         )

@@ -16,6 +16,7 @@ from medlora._errors import (
 )
 from medlora.data import ClinicalDataset, ClinicalRecord
 from medlora.export import AdapterExporter, ExportConfig, ExportResult
+from medlora.serve import load
 from medlora.training import (
     LoraConfig,
     QLoRATrainer,
@@ -47,4 +48,5 @@ __all__ = [
     "TrainingError",
     "TrainingResult",
     "__version__",
+    "load",
 ]

@@ -1,4 +1,4 @@
-"""The ``medlora`` command: quickstart, train and export over the same objects as the API."""
+"""The ``medlora`` command: quickstart, train, export, serve and eval, over the API objects."""
 
 from __future__ import annotations
 
@@ -113,6 +113,54 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from medlora.serve import ServeConfig, exec_vllm, serve_gguf, vllm_command
+
+    model = Path(args.model)
+    api_key = args.api_key or os.environ.get("MEDLORA_API_KEY") or None
+    if model.is_file():
+        config = ServeConfig(
+            host=args.host,
+            port=args.port,
+            api_key=api_key,
+            model_alias=args.name,
+            n_ctx=args.n_ctx,
+            n_threads=args.threads,
+        )
+        serve_gguf(model, config)
+        return 0
+    command = vllm_command(
+        model, host=args.host, port=args.port, api_key=api_key, name=args.name, base=args.base
+    )
+    import shlex
+
+    print(shlex.join(command), flush=True)
+    if args.print_only:
+        return 0
+    exec_vllm(command)
+    return 0  # pragma: no cover - exec does not return
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from medlora.eval import EvalConfig, compare_models
+    from medlora.eval._cli import held_out_dataset, models_of_export
+
+    export_dir = Path(args.export_dir)
+    models = models_of_export(export_dir, include_base=not args.no_base)
+    dataset = held_out_dataset(export_dir, data=args.data)
+    config = EvalConfig(
+        tasks=tuple(args.tasks),
+        max_records=args.max_records,
+        max_generation_records=args.max_generation_records,
+        max_new_tokens=args.max_new_tokens,
+    )
+    out = Path(args.out) if args.out else export_dir / "eval"
+    report = compare_models(models, dataset, out, config)
+    print(report.markdown())
+    print(f"written to {out}/eval.md, eval.json, eval.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="medlora", description=__doc__)
@@ -134,6 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--config", help="ExportConfig file")
     export.add_argument("--gguf", nargs="+", metavar="TYPE", help="GGUF types, e.g. F16 Q4_K_M")
     export.set_defaults(func=_export)
+    serve = sub.add_parser("serve", help="serve a GGUF (llama.cpp) or print/run `vllm serve`")
+    serve.add_argument("model", help="a .gguf file, a merged HF directory or an adapter directory")
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require this bearer key (or set MEDLORA_API_KEY)")
+    serve.add_argument("--name", help="model id clients send (default: file or dir name)")
+    serve.add_argument("--n-ctx", type=int, default=2048, help="GGUF context length")
+    serve.add_argument("--threads", type=int, help="GGUF CPU threads")
+    serve.add_argument("--base", help="base model of an adapter (default: adapter_config.json)")
+    serve.add_argument(
+        "--print-only", action="store_true", help="for vLLM, print the command and exit"
+    )
+    serve.set_defaults(func=_serve)
+    evaluate = sub.add_parser("eval", help="compare base, adapter, merged and GGUF models")
+    evaluate.add_argument("export_dir", help="an export directory (medlora export)")
+    evaluate.add_argument("--out", help="output directory (default EXPORT_DIR/eval)")
+    evaluate.add_argument("--data", help="JSONL of held-out records (default: the run's split)")
+    evaluate.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["perplexity", "multiple_choice", "generation"],
+        choices=["perplexity", "multiple_choice", "generation"],
+    )
+    evaluate.add_argument("--max-records", type=int, help="records per task (default all)")
+    evaluate.add_argument("--max-generation-records", type=int, default=8)
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--no-base", action="store_true", help="skip the base model")
+    evaluate.set_defaults(func=_eval)
     return parser
 
 

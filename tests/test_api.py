@@ -37,6 +37,8 @@ def test_all_lists_every_public_name_and_nothing_else() -> None:
         "export",
         "testing",
         "cli",
+        "serve",
+        "eval",
     }
     assert set(medlora.__all__) - {"__version__"} == public
     for name in medlora.__all__:

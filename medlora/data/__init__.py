@@ -1,18 +1,40 @@
 """Records in, training examples out: loading, validation, templating, tokenization."""
 
 from medlora.data._collate import collate
-from medlora.data._dataset import ClinicalDataset, ClinicalRecord, LoadReport
+from medlora.data._dataset import ClinicalDataset
+from medlora.data._hygiene import DataCard
+from medlora.data._pack import PackingReport, collate_packed, pack_examples
+from medlora.data._phi import PHI_KINDS, PHIReport, PHISpan, find_phi, redact_text
+from medlora.data._prepare import PreparedData
 from medlora.data._records import KINDS
-from medlora.data._tokenize import IGNORE_INDEX, TokenizedExample, render, tokenize_messages
+from medlora.data._tokenize import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    render,
+    tokenize_batch,
+    tokenize_messages,
+)
+from medlora.data._validate import ClinicalRecord, LoadReport
 
 __all__ = [
     "ClinicalDataset",
     "ClinicalRecord",
+    "DataCard",
     "IGNORE_INDEX",
     "KINDS",
     "LoadReport",
+    "PHIReport",
+    "PHISpan",
+    "PHI_KINDS",
+    "PackingReport",
+    "PreparedData",
     "TokenizedExample",
     "collate",
+    "collate_packed",
+    "find_phi",
+    "pack_examples",
+    "redact_text",
     "render",
+    "tokenize_batch",
     "tokenize_messages",
 ]

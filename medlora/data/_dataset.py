@@ -13,41 +13,25 @@ from typing import Any, Literal
 
 import attrs
 
-from medlora._errors import DatasetError, DatasetProblem
-from medlora.data._records import KINDS, Message, detect_kind, to_messages
-from medlora.data._tokenize import TokenizedExample, tokenize_messages
+from medlora._errors import DatasetError, DatasetProblem, PHIDetectedError
+from medlora.data._formats import iter_arrow, load_arrow, load_hf, read_json, read_jsonl
+from medlora.data._hygiene import (
+    DataCard,
+    build_card,
+    conversation_text,
+    exact_duplicates,
+    near_duplicates,
+)
+from medlora.data._phi import PHIReport, scan_messages
+from medlora.data._prepare import PreparedData, Truncation, prepare
+from medlora.data._records import KINDS
+from medlora.data._tokenize import TokenizedExample, tokenize_batch
+from medlora.data._validate import ClinicalRecord, LoadReport, validate_row
 
 OnError = Literal["raise", "skip"]
+PHIMode = Literal["report", "redact", "fail"]
 
 DEFAULT_DATA = "clinical_synthetic.jsonl"
-
-
-@attrs.frozen(kw_only=True)
-class ClinicalRecord:
-    """One validated record in its training view."""
-
-    id: str
-    """Stable identifier (the record's own ``id`` or ``<source>:<index>``)."""
-    kind: str
-    """Detected or declared record kind (``chat``, ``instruction``, ``multiple_choice``...)."""
-    messages: tuple[Mapping[str, str], ...]
-    """The conversation the model is trained on."""
-    group: str | None = None
-    """Value of the grouping field (a patient or encounter id), used for grouped splits."""
-    source: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
-    """The original record, for evaluation tasks that need its structured fields."""
-
-
-@attrs.frozen(kw_only=True)
-class LoadReport:
-    """What loading found: kinds detected and records skipped."""
-
-    source: str
-    """File or description of where records came from."""
-    kinds: Mapping[str, int]
-    """Records per kind."""
-    skipped: tuple[DatasetProblem, ...] = ()
-    """Problems of records dropped with ``on_error="skip"``."""
 
 
 @attrs.frozen
@@ -75,6 +59,7 @@ class ClinicalDataset:
         field_map: Mapping[str, str] | None = None,
         system_prompt: str | None = None,
         group_by: str | None = None,
+        answer_index_base: int = 0,
         on_error: OnError = "raise",
         source: str = "<records>",
     ) -> ClinicalDataset:
@@ -86,100 +71,126 @@ class ClinicalDataset:
             field_map: Rename columns first, ``{"their_name": "our_name"}``.
             system_prompt: Added as the system turn where a record has none.
             group_by: Field holding a patient or encounter id, for grouped splits.
+            answer_index_base: Whether integer multiple-choice answers count from 0 or 1
+                (MedMCQA's original ``cop`` is 1-based).
             on_error: ``"raise"`` (collect every problem, raise once) or ``"skip"`` (drop bad
                 records and list them in :attr:`report`).
             source: Name used in error messages.
         """
+        return cls._build(
+            enumerate(records),
+            [],
+            kind=kind,
+            field_map=field_map,
+            system_prompt=system_prompt,
+            group_by=group_by,
+            answer_index_base=answer_index_base,
+            on_error=on_error,
+            source=source,
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        rows: Iterable[tuple[int, Any]],
+        read_problems: list[DatasetProblem],
+        *,
+        kind: str | None = None,
+        field_map: Mapping[str, str] | None = None,
+        system_prompt: str | None = None,
+        group_by: str | None = None,
+        answer_index_base: int = 0,
+        on_error: OnError = "raise",
+        source: str = "<records>",
+    ) -> ClinicalDataset:
+        """Validate located rows; merge their problems with those found reading the file."""
         if kind is not None and kind not in KINDS:
             raise DatasetError(f"kind={kind!r} is unknown; choose one of {', '.join(KINDS)}")
-        problems: list[DatasetProblem] = []
-        skipped: list[DatasetProblem] = []
+        if on_error not in ("raise", "skip"):
+            raise DatasetError(f"on_error={on_error!r} must be 'raise' or 'skip'")
+        if answer_index_base not in (0, 1):
+            raise DatasetError(f"answer_index_base={answer_index_base!r} must be 0 or 1")
+        problems: list[DatasetProblem] = list(read_problems)
         kept: list[ClinicalRecord] = []
-        for index, raw in enumerate(records):
-            record_problems, record = _one(
+        for index, raw in rows:
+            record_problems, record = validate_row(
                 raw,
                 index=index,
                 kind=kind,
                 field_map=field_map,
                 system_prompt=system_prompt,
                 group_by=group_by,
+                answer_index_base=answer_index_base,
                 source=source,
             )
             if record_problems:
-                (skipped if on_error == "skip" else problems).extend(record_problems)
+                problems.extend(record_problems)
             elif record is not None:
                 kept.append(record)
-        if problems:
+        problems.sort(key=lambda p: -1 if p.record_index is None else p.record_index)
+        if problems and on_error != "skip":
             raise DatasetError(problems, hint="Fix these records, or pass on_error='skip'.")
         if not kept:
             raise DatasetError(
-                [DatasetProblem("no usable records", path=source)],
+                [DatasetProblem("no usable records", path=source), *problems],
                 hint="The file is empty or every record was skipped.",
             )
         kinds = Counter(r.kind for r in kept)
-        report = LoadReport(source=source, kinds=dict(kinds), skipped=tuple(skipped))
+        report = LoadReport(source=source, kinds=dict(kinds), skipped=tuple(problems))
         return cls(tuple(kept), report)
 
     @classmethod
     def from_jsonl(cls, path: str | Path, **options: Any) -> ClinicalDataset:
         """Load a JSON Lines file, one record per line (blank lines are ignored).
 
-        Invalid JSON, non-object lines and non-UTF-8 bytes are reported with their line number
-        (``record_index`` is the 0-based line index). Other options as :meth:`from_records`.
+        Invalid JSON and non-UTF-8 lines are reported together with the records' own problems,
+        each with its line (``record_index`` is the 0-based line index). Other options as
+        :meth:`from_records`.
         """
         path = Path(path)
-        if not path.is_file():
-            raise DatasetError([DatasetProblem("file does not exist", path=path)])
-        problems: list[DatasetProblem] = []
-        rows: list[tuple[int, Any]] = []
-        with path.open("rb") as handle:
-            for index, raw_line in enumerate(handle):
-                try:
-                    line = raw_line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    problems.append(
-                        DatasetProblem(
-                            f"line {index + 1} is not valid UTF-8 (byte {exc.start}); re-save the "
-                            "file as UTF-8",
-                            path=path,
-                            record_index=index,
-                        )
-                    )
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((index, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    problems.append(
-                        DatasetProblem(
-                            f"line {index + 1} is not valid JSON ({exc.msg} at column {exc.colno})",
-                            path=path,
-                            record_index=index,
-                        )
-                    )
-        on_error = options.get("on_error", "raise")
-        if problems and on_error != "skip":
-            raise DatasetError(problems, hint="Fix these lines, or pass on_error='skip'.")
-        dataset = cls._from_indexed(rows, source=str(path), **options)
-        if problems:
-            report = attrs.evolve(dataset.report, skipped=tuple(problems) + dataset.report.skipped)
-            dataset = attrs.evolve(dataset, report=report)
-        return dataset
+        rows, problems = read_jsonl(path)
+        return cls._build(rows, problems, **{"source": str(path), **options})
 
     @classmethod
-    def _from_indexed(cls, rows: list[tuple[int, Any]], **options: Any) -> ClinicalDataset:
-        """from_records, keeping the original line numbers as record indices."""
-        by_position = {pos: index for pos, (index, _) in enumerate(rows)}
-        try:
-            return cls.from_records((row for _, row in rows), **options)
-        except DatasetError as exc:
-            for problem in exc.problems:
-                if problem.record_index is not None:
-                    problem.record_index = by_position.get(problem.record_index)
-            raise DatasetError(
-                exc.problems, hint="Fix these records, or pass on_error='skip'."
-            ) from None
+    def from_json(cls, path: str | Path, **options: Any) -> ClinicalDataset:
+        """Load a JSON document: an array of records, ``{"data": [...]}`` (ACI-Bench), or an
+        object keyed by id whose values hold ``QUESTION`` (PubMedQA's ``ori_pqal.json``).
+
+        ``record_index`` is the 0-based position in the array. Options as :meth:`from_records`
+        (ACI-Bench: ``field_map={"src": "note", "tgt": "summary"}``).
+        """
+        path = Path(path)
+        return cls._build(read_json(path), [], **{"source": str(path), **options})
+
+    @classmethod
+    def from_csv(
+        cls, path: str | Path, *, cache_dir: str | Path | None = None, **options: Any
+    ) -> ClinicalDataset:
+        """Load a CSV file through ``datasets`` (memory-mapped Arrow under ``cache_dir``).
+
+        ``record_index`` is the 0-based data row (file line ``record_index + 2``). Cells of
+        ``messages``/``conversations``/``options``/``contexts`` may hold JSON text.
+        """
+        path = Path(path)
+        table = load_arrow(path, "csv", cache_dir)
+        return cls._build(iter_arrow(table), [], **{"source": str(path), **options})
+
+    @classmethod
+    def from_parquet(
+        cls, path: str | Path, *, cache_dir: str | Path | None = None, **options: Any
+    ) -> ClinicalDataset:
+        """Load a Parquet file through ``datasets`` (memory-mapped Arrow under ``cache_dir``)."""
+        path = Path(path)
+        table = load_arrow(path, "parquet", cache_dir)
+        return cls._build(iter_arrow(table), [], **{"source": str(path), **options})
+
+    @classmethod
+    def from_hf(cls, data: Any, *, split: str = "train", **options: Any) -> ClinicalDataset:
+        """Load a ``datasets.Dataset``, a ``DatasetDict`` (its ``split``) or a directory written
+        by ``save_to_disk``."""
+        table = load_hf(data, split)
+        source = str(data) if isinstance(data, (str, Path)) else f"<datasets:{split}>"
+        return cls._build(iter_arrow(table), [], **{"source": source, **options})
 
     @classmethod
     def default(cls, **options: Any) -> ClinicalDataset:
@@ -237,64 +248,144 @@ class ClinicalDataset:
         test = tuple(r for r, k in zip(self.records, keys, strict=True) if k in held)
         return attrs.evolve(self, records=train), attrs.evolve(self, records=test)
 
-    def tokenize(
-        self, tokenizer: Any, *, max_seq_len: int = 1024, assistant_only: bool = True
-    ) -> list[TokenizedExample]:
-        """Template and tokenize every record (see :func:`tokenize_messages`)."""
-        return [
-            tokenize_messages(
-                tokenizer, list(r.messages), max_seq_len=max_seq_len, assistant_only=assistant_only
+    def three_way_split(
+        self,
+        *,
+        validation_size: float = 0.1,
+        test_size: float = 0.1,
+        seed: int = 0,
+        grouped: bool = True,
+    ) -> tuple[ClinicalDataset, ClinicalDataset, ClinicalDataset]:
+        """Deterministic train/validation/test split; a group (patient) stays in one part."""
+        if not (0 < validation_size < 1 and 0 < test_size < 1 and validation_size + test_size < 1):
+            raise DatasetError(
+                f"validation_size={validation_size} and test_size={test_size} must be in (0, 1) "
+                "and sum to less than 1"
             )
-            for r in self.records
-        ]
-
-
-def _one(
-    raw: Any,
-    *,
-    index: int,
-    kind: str | None,
-    field_map: Mapping[str, str] | None,
-    system_prompt: str | None,
-    group_by: str | None,
-    source: str,
-) -> tuple[list[DatasetProblem], ClinicalRecord | None]:
-    if not isinstance(raw, Mapping):
-        return [
-            DatasetProblem(
-                f"must be a JSON object, got {type(raw).__name__}", path=source, record_index=index
-            )
-        ], None
-    record = {field_map.get(k, k): v for k, v in raw.items()} if field_map else dict(raw)
-    found = kind or detect_kind(record)
-    if found is None:
-        keys = ", ".join(sorted(record)) or "none"
-        return [
-            DatasetProblem(
-                f"layout not recognised (keys: {keys}); expected e.g. 'messages', "
-                "'instruction'+'output', 'question'+'answer', or pass kind=/field_map=",
-                path=source,
-                record_index=index,
-            )
-        ], None
-    messages, problems = to_messages(
-        record, index=index, kind=found, source=source, system_prompt=system_prompt
-    )
-    group = record.get(group_by) if group_by else None
-    if group_by and group is None:
-        problems.append(
-            DatasetProblem(
-                "group field is missing", path=source, record_index=index, field=group_by
-            )
+        rest, test = self.split(test_size=test_size, seed=seed, grouped=grouped)
+        train, validation = rest.split(
+            test_size=validation_size / (1 - test_size), seed=seed + 1, grouped=grouped
         )
-    if problems:
-        return problems, None
-    rid = record.get("id")
-    messages_t: tuple[Message, ...] = tuple(messages)
-    return [], ClinicalRecord(
-        id=str(rid) if rid is not None else f"{source}:{index}",
-        kind=found,
-        messages=messages_t,
-        group=None if group is None else str(group),
-        source=record,
+        return train, validation, test
+
+    def tokenize(
+        self,
+        tokenizer: Any,
+        *,
+        max_seq_len: int = 1024,
+        assistant_only: bool = True,
+        truncation: Truncation = "right",
+    ) -> list[TokenizedExample]:
+        """Template and tokenize every record, in batches (see :func:`tokenize_messages`).
+
+        ``truncation="right"`` cuts long examples to ``max_seq_len`` (flagged ``truncated``);
+        ``"drop"`` leaves them out. Use :meth:`prepare` for the counts, packing and caching.
+        """
+        if truncation not in ("right", "drop"):
+            raise DatasetError(f"truncation={truncation!r} must be 'right' or 'drop'")
+        out = tokenize_batch(
+            tokenizer,
+            [r.messages for r in self.records],
+            max_seq_len=max_seq_len,
+            assistant_only=assistant_only,
+        )
+        return [e for e in out if not (truncation == "drop" and e.truncated)]
+
+    def prepare(
+        self,
+        tokenizer: Any,
+        *,
+        max_seq_len: int = 1024,
+        assistant_only: bool = True,
+        truncation: Truncation = "right",
+        pack: bool = False,
+        cache_dir: str | Path | None = None,
+    ) -> PreparedData:
+        """Tokenize, truncate, drop examples with no supervised token, optionally pack.
+
+        With ``cache_dir`` the result is saved under a key of data fingerprint, tokenizer hash
+        and settings, and a later call with the same key loads it instead of recomputing.
+        """
+        return prepare(
+            tokenizer,
+            [r.messages for r in self.records],
+            fingerprint=self.fingerprint,
+            max_seq_len=max_seq_len,
+            assistant_only=assistant_only,
+            truncation=truncation,
+            pack=pack,
+            cache_dir=cache_dir,
+        )
+
+    # --- hygiene -----------------------------------------------------------------------------
+
+    def duplicates(self, *, threshold: float = 0.8) -> tuple[list[tuple[str, ...]], list[Any]]:
+        """Exact duplicate groups and near-duplicate pairs ``(id, id, jaccard)``."""
+        texts = [conversation_text(r.messages) for r in self.records]
+        ids = [r.id for r in self.records]
+        exact = [tuple(ids[i] for i in g) for g in exact_duplicates(texts)]
+        near = [(ids[i], ids[j], s) for i, j, s in near_duplicates(texts, threshold=threshold)]
+        return exact, near
+
+    def contamination(
+        self, other: ClinicalDataset, *, threshold: float = 0.8
+    ) -> list[tuple[str, str, float]]:
+        """Records of ``other`` (e.g. evaluation data) that (nearly) repeat one of these:
+        ``(our id, their id, jaccard)``; the user turns are compared, so a prompt seen in
+        training is caught even when the answer differs."""
+        mine = [_prompt_text(r) for r in self.records]
+        theirs = [_prompt_text(r) for r in other.records]
+        pairs = near_duplicates(mine, others=theirs, threshold=threshold)
+        return [(self.records[i].id, other.records[j].id, s) for i, j, s in pairs]
+
+    def describe(self, *, near_threshold: float = 0.8) -> DataCard:
+        """A frozen :class:`DataCard`: kinds, lengths, groups, duplicates, skipped records."""
+        return build_card(
+            source=self.report.source,
+            fingerprint=self.fingerprint,
+            kinds=Counter(r.kind for r in self.records),
+            conversations=[r.messages for r in self.records],
+            groups=[r.group for r in self.records],
+            skipped=len(self.report.skipped),
+            near_threshold=near_threshold,
+        )
+
+    def deidentify(
+        self, *, mode: PHIMode = "redact", keep_year: bool = False
+    ) -> tuple[ClinicalDataset, PHIReport]:
+        """Find HIPAA Safe Harbor identifiers in every message (offline, see ``medlora.data``).
+
+        Args:
+            mode: ``"report"`` (dataset unchanged), ``"redact"`` (identifiers replaced by
+                ``[KIND]`` placeholders) or ``"fail"`` (raise :class:`~medlora.PHIDetectedError`
+                naming record indices and kinds, never the text).
+            keep_year: Redact dates to ``[DATE:YYYY]``, keeping the year.
+        """
+        if mode not in ("report", "redact", "fail"):
+            raise DatasetError(f"mode={mode!r} must be 'report', 'redact' or 'fail'")
+        redacted, report = scan_messages(
+            [r.messages for r in self.records], redact=mode == "redact", keep_year=keep_year
+        )
+        if mode == "fail" and report.records:
+            problems = [
+                DatasetProblem(
+                    f"contains PHI of kind {', '.join(report.kinds_by_record[i])}",
+                    path=self.report.source,
+                    record_index=i,
+                )
+                for i in report.records
+            ]
+            raise PHIDetectedError(problems, hint="De-identify first: deidentify(mode='redact').")
+        if mode != "redact":
+            return self, report
+        records = tuple(
+            attrs.evolve(r, messages=tuple(m)) for r, m in zip(self.records, redacted, strict=True)
+        )
+        return attrs.evolve(self, records=records), report
+
+
+def _prompt_text(record: ClinicalRecord) -> str:
+    return (
+        "\n".join(m["content"] for m in record.messages if m["role"] != "assistant")
+        or (record.messages[-1]["content"])
     )

@@ -29,6 +29,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "chat": ("messages",),
     "sharegpt": ("conversations",),
     "multiple_choice": ("question", "options", "answer"),
+    "pubmedqa": ("question", "final_decision"),
     "instruction": ("instruction", "output"),
     "summarization": ("note", "summary"),
     "qa": ("question", "answer"),
@@ -39,7 +40,11 @@ KINDS = tuple(KIND_KEYS)
 
 
 def detect_kind(record: Mapping[str, Any]) -> str | None:
-    """The first kind whose identifying keys are all present, or None."""
+    """The first kind whose identifying keys all hold a value, else the first whose keys are all
+    present (a table has every column in every row, empty cells as None), or None."""
+    for kind, keys in KIND_KEYS.items():
+        if all(record.get(k) is not None for k in keys):
+            return kind
     for kind, keys in KIND_KEYS.items():
         if all(k in record for k in keys):
             return kind
@@ -117,23 +122,78 @@ def _options(c: _Checker) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in pairs]
 
 
-def _mc_answer(c: _Checker, options: list[tuple[str, str]]) -> tuple[str, str] | None:
+def _mc_answer(
+    c: _Checker, options: list[tuple[str, str]], index_base: int
+) -> tuple[str, str] | None:
     answer = c.record.get("answer")
     keys = [k for k, _ in options]
     if isinstance(answer, bool):
         answer = None
-    if isinstance(answer, int) and 0 <= answer < len(options):
-        return options[answer]
+    if isinstance(answer, int) and 0 <= answer - index_base < len(options):
+        return options[answer - index_base]
     if isinstance(answer, str):
         for key, value in options:
             if answer.strip() in (key, value):
                 return key, value
     c.fail(
         "answer",
-        f"must be one of the option keys {keys}, a 0-based index or the text "
+        f"must be one of the option keys {keys}, a {index_base}-based index or the text "
         f"of an option; got {answer!r}",
     )
     return None
+
+
+MEDMCQA_OPTIONS = ("opa", "opb", "opc", "opd", "ope")
+PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
+
+
+def normalise_layout(record: dict[str, Any]) -> dict[str, Any]:
+    """Map well-known public layouts onto medlora's keys (in place, returned).
+
+    MedMCQA (``opa``..``opd`` + ``cop``) becomes ``options`` + ``answer``; PubMedQA's
+    ``ori_pqal.json`` keys (``QUESTION``, ``CONTEXTS``, ``LONG_ANSWER``) and the Hugging Face copy's
+    nested ``context.contexts`` become ``question``, ``contexts``, ``long_answer``.
+    """
+    if "options" not in record and "opa" in record and "question" in record:
+        record["options"] = [record[k] for k in MEDMCQA_OPTIONS if record.get(k) is not None]
+        if "answer" not in record and "cop" in record:
+            record["answer"] = record["cop"]
+    for upper, lower in (
+        ("QUESTION", "question"),
+        ("CONTEXTS", "contexts"),
+        ("LONG_ANSWER", "long_answer"),
+    ):
+        if upper in record and lower not in record:
+            record[lower] = record[upper]
+    context = record.get("context")
+    if "contexts" not in record and isinstance(context, Mapping) and "contexts" in context:
+        record["contexts"] = context["contexts"]
+    return record
+
+
+def _pubmedqa(c: _Checker) -> list[Message]:
+    question = c.text("question")
+    decision = c.record.get("final_decision")
+    if not isinstance(decision, str) or decision.strip().lower() not in PUBMEDQA_DECISIONS:
+        c.fail("final_decision", f"must be one of {list(PUBMEDQA_DECISIONS)}, got {decision!r}")
+        decision = ""
+    contexts = c.record.get("contexts", [])
+    if isinstance(contexts, str):
+        contexts = [contexts]
+    if not isinstance(contexts, list) or not all(isinstance(x, str) for x in contexts):
+        c.fail("contexts", "must be a list of strings (the abstract's paragraphs)")
+        contexts = []
+    long_answer = c.record.get("long_answer") or ""
+    if not isinstance(long_answer, str):
+        c.fail("long_answer", f"must be a string, got {type(long_answer).__name__}")
+        long_answer = ""
+    abstract = " ".join(x.strip() for x in contexts)
+    user = f"Abstract: {abstract}\nQuestion: {question}" if abstract else f"Question: {question}"
+    reply = f"{long_answer.strip()}\nAnswer: " if long_answer.strip() else "Answer: "
+    return [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": reply + decision.strip().lower()},
+    ]
 
 
 def _user_with_input(instruction: str, extra: str) -> str:
@@ -147,8 +207,13 @@ def to_messages(
     kind: str,
     source: str | None = None,
     system_prompt: str | None = None,
+    answer_index_base: int = 0,
 ) -> tuple[list[Message], list[DatasetProblem]]:
-    """Convert one record of ``kind`` to chat messages, with every problem found."""
+    """Convert one record of ``kind`` to chat messages, with every problem found.
+
+    ``answer_index_base`` says whether an integer multiple-choice answer counts from 0 or 1
+    (MedMCQA's original ``cop`` is 1-based; the copy lm-eval uses is 0-based).
+    """
     c = _Checker(record, index, source)
     messages: list[Message] = []
     if kind == "chat":
@@ -179,12 +244,14 @@ def to_messages(
     elif kind == "multiple_choice":
         question = c.text("question")
         options = _options(c)
-        chosen = _mc_answer(c, options) if options else None
+        chosen = _mc_answer(c, options, answer_index_base) if options else None
         shown = "\n".join(f"{k}. {v}" for k, v in options)
         messages = [
             {"role": "user", "content": f"{question}\n{shown}\nAnswer:"},
             {"role": "assistant", "content": f"{chosen[0]}. {chosen[1]}" if chosen else ""},
         ]
+    elif kind == "pubmedqa":
+        messages = _pubmedqa(c)
     elif kind == "text":
         messages = [{"role": "assistant", "content": c.text("text")}]
     else:  # pragma: no cover - callers pass a known kind

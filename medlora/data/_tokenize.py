@@ -54,24 +54,157 @@ def render(
     return str(text)
 
 
+def _render_zephyr(messages: Sequence[Mapping[str, str]], eos: str) -> str:
+    """Pure-Python rendering of the default template: the same text, without Jinja's cost."""
+    parts = []
+    for message in messages:
+        role = message["role"]
+        if role in ("system", "user", "assistant"):
+            parts.append(f"<|{role}|>\n{message['content']}{eos}\n")
+    return "".join(parts)
+
+
+def render_fast(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
+    """:func:`render` without a generation prompt; skips Jinja for the default template."""
+    if chat_template_of(tokenizer) == ZEPHYR_CHAT_TEMPLATE:
+        return _render_zephyr(messages, tokenizer.eos_token or "")
+    return render(tokenizer, messages)
+
+
 def _assistant_spans(
     tokenizer: Any, messages: Sequence[Mapping[str, str]], text: str
 ) -> list[tuple[int, int]]:
-    """Character spans of each assistant reply plus its EOS in the rendered ``text``."""
+    """Character spans of each assistant reply plus its EOS in the rendered ``text``.
+
+    Every message's content is found in order after the previous one (the template reproduces
+    it verbatim, or trimmed), so no prefix has to be rendered again per turn.
+    """
     eos = tokenizer.eos_token or ""
     spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
+    cursor = 0
+    for message in messages:
+        content = message["content"]
+        start = text.find(content, cursor)
+        if start < 0:
+            content = content.strip()
+            start = text.find(content, cursor)
+        if start < 0:
+            raise ValueError("chat template does not reproduce the message text verbatim")
+        end = start + len(content)
+        cursor = end
         if message["role"] != "assistant":
             continue
-        prefix = render(tokenizer, messages[:i], generation_prompt=True) if i else ""
-        start = text.find(message["content"], len(prefix) if text.startswith(prefix) else 0)
-        if start < 0:
-            raise ValueError("chat template does not reproduce the assistant text verbatim")
-        end = start + len(message["content"])
         if eos and text.startswith(eos, end):
             end += len(eos)
         spans.append((start, end))
     return spans
+
+
+def _labels(
+    ids: list[int], offsets: Any, spans: list[tuple[int, int]], *, bos_id: int | None
+) -> list[int]:
+    """Token ids where a token starts inside a span, ``-100`` elsewhere (no spans: all but BOS)."""
+    import numpy as np
+
+    ids_a = np.asarray(ids, dtype=np.int64)
+    if not spans:
+        labels = ids_a.copy()
+        if len(ids) and ids[0] == bos_id:
+            labels[0] = IGNORE_INDEX
+        return labels.tolist()  # type: ignore[no-any-return]
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = offs[:, 0], offs[:, 1]
+    keep = np.zeros(len(ids), dtype=bool)
+    for s, e in spans:
+        keep |= (starts >= s) & (starts < e)
+    keep &= ends > starts
+    return np.where(keep, ids_a, IGNORE_INDEX).tolist()  # type: ignore[no-any-return]
+
+
+def _prepare_text(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], assistant_only: bool
+) -> tuple[str, list[tuple[int, int]]]:
+    """The text to tokenize and the supervised character spans (empty: every token)."""
+    if len(messages) == 1 and messages[0]["role"] == "assistant":
+        return messages[0]["content"] + (tokenizer.eos_token or ""), []
+    text = render_fast(tokenizer, messages)
+    return text, _assistant_spans(tokenizer, messages, text) if assistant_only else []
+
+
+def _labels_from_encoding(
+    enc: Any, ids: list[int], spans: list[tuple[int, int]], *, bos_id: int | None
+) -> list[int] | None:
+    """:func:`_labels` in O(spans) Rust calls (``char_to_token``); None where it cannot tell."""
+    if not spans:
+        labels = list(ids)
+        if labels and labels[0] == bos_id:
+            labels[0] = IGNORE_INDEX
+        return labels
+    labels = [IGNORE_INDEX] * len(ids)
+    for s, e in spans:
+        first, last = enc.char_to_token(s), enc.char_to_token(e - 1)
+        if first is None or last is None:
+            return None
+        if enc.token_to_chars(first)[0] < s:  # the token began before the reply
+            first += 1
+        labels[first : last + 1] = ids[first : last + 1]
+    return labels
+
+
+_BACKEND_OK: dict[int, bool] = {}
+
+
+def _backend(tokenizer: Any) -> Any:
+    """The Rust tokenizer when calling it directly gives the same ids as ``tokenizer(...)``."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    key = id(tokenizer)
+    if key not in _BACKEND_OK:
+        probe = f"<|user|>\nHbA1c 8.2%, été{tokenizer.eos_token or ''}\n ok"
+        ok = backend.encode(probe, add_special_tokens=True).ids == list(
+            tokenizer(probe, add_special_tokens=True)["input_ids"]
+        )
+        _BACKEND_OK[key] = ok
+    return backend if _BACKEND_OK[key] else None
+
+
+def tokenize_batch(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    *,
+    max_seq_len: int,
+    assistant_only: bool = True,
+) -> list[TokenizedExample]:
+    """:func:`tokenize_messages` for many conversations with one fast-tokenizer call."""
+    prepared = [_prepare_text(tokenizer, m, assistant_only) for m in conversations]
+    texts = [text for text, _ in prepared]
+    bos = tokenizer.bos_token_id
+    backend = _backend(tokenizer)
+    rows: list[tuple[list[int], list[int]]] = []
+    if backend is not None:
+        for enc, (_, spans) in zip(
+            backend.encode_batch(texts, add_special_tokens=True), prepared, strict=True
+        ):
+            ids = enc.ids
+            labels = _labels_from_encoding(enc, ids, spans, bos_id=bos)
+            if labels is None:
+                labels = _labels(ids, enc.offsets, spans, bos_id=bos)
+            rows.append((ids, labels))
+    else:
+        enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+        for i, (_, spans) in enumerate(prepared):
+            ids = list(enc["input_ids"][i])
+            rows.append((ids, _labels(ids, enc["offset_mapping"][i], spans, bos_id=bos)))
+    out = []
+    for ids, labels in rows:
+        truncated = len(ids) > max_seq_len
+        if truncated:
+            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        out.append(
+            TokenizedExample(input_ids=tuple(ids), labels=tuple(labels), truncated=truncated)
+        )
+    return out
 
 
 def tokenize_messages(
@@ -87,28 +220,10 @@ def tokenize_messages(
         tokenizer: A fast Hugging Face tokenizer (offsets are needed for the label mask).
         messages: Chat turns; ``[assistant-only]`` conversations are raw text (no template).
         max_seq_len: Longer examples are cut from the end and flagged ``truncated``.
-        assistant_only: Take loss on assistant replies (and their EOS) only; otherwise on every
-            token but the first.
+        assistant_only: Take loss on every assistant reply (and its EOS) only; otherwise on
+            every token but the first.
     """
-    raw_text = len(messages) == 1 and messages[0]["role"] == "assistant"
-    if raw_text:
-        text = messages[0]["content"] + (tokenizer.eos_token or "")
-        spans = [(0, len(text))]
-    else:
-        text = render(tokenizer, messages)
-        spans = _assistant_spans(tokenizer, messages, text)
-    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    offsets: list[tuple[int, int]] = list(enc["offset_mapping"])
-    if assistant_only and not raw_text:
-        labels = [IGNORE_INDEX] * len(ids)
-        for j, (start, end) in enumerate(offsets):
-            if end > start and any(s <= start < e for s, e in spans):
-                labels[j] = ids[j]
-    else:
-        labels = list(ids)
-        labels[0] = IGNORE_INDEX if ids and ids[0] == tokenizer.bos_token_id else labels[0]
-    truncated = len(ids) > max_seq_len
-    if truncated:
-        ids, labels = ids[:max_seq_len], labels[:max_seq_len]
-    return TokenizedExample(input_ids=tuple(ids), labels=tuple(labels), truncated=truncated)
+    (example,) = tokenize_batch(
+        tokenizer, [messages], max_seq_len=max_seq_len, assistant_only=assistant_only
+    )
+    return example

@@ -51,6 +51,7 @@ def model_card(
         "|---|---|",
         *[f"| {kind} | `{path}` |" for kind, path in files.items()],
         "",
+        *_data_card(training.get("data_card")),
         "## Training",
         "",
         f"- records: {training.get('train_records', '?')} train, "
@@ -85,8 +86,34 @@ def model_card(
             f"Tokenization identical in llama.cpp and transformers on "
             f"{tok['matching']}/{tok['total']} probe texts.",
         ]
+        if tok.get("differences"):
+            first = tok["differences"][0]
+            lines += [
+                "",
+                f"llama.cpp tokenizes the rendered chat text into {tok['llama_cpp_tokens']} "
+                f"tokens where transformers gives {tok['hf_tokens']}: first difference in probe "
+                f"{first['probe']} at position {first['position']}, after `{first['after']}`, "
+                f"`{first['hf']}` (transformers) vs `{first['llama_cpp']}` (llama.cpp). Feed "
+                "llama.cpp token ids, or train with the tokenizer loaded with `legacy=True`, "
+                "for identical prompts.",
+            ]
     lines.append("")
     return "\n".join(lines)
+
+
+def _data_card(card: Any) -> list[str]:
+    """The training data's card (``ClinicalDataset.describe()``), when the run recorded one."""
+    if not card:
+        return []
+    lines = ["## Training data", ""]
+    if isinstance(card, str):
+        lines.append(card.strip())
+    elif isinstance(card, Mapping):
+        for key, value in card.items():
+            shown = json.dumps(value) if isinstance(value, Mapping | list) else value
+            lines.append(f"- {key.replace('_', ' ')}: {shown}")
+    lines.append("")
+    return lines
 
 
 def ollama_modelfile(gguf_name: str) -> str:

@@ -17,15 +17,19 @@ from medlora._versions import library_versions
 from medlora.export._card import model_card, ollama_modelfile
 from medlora.export._config import ExportConfig
 from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
+from medlora.export._gguf_lora import write_lora_gguf
 from medlora.export._merge import load_trained, merged_model
 from medlora.export._parity import (
     Agreement,
+    chat_template_problems,
     compare,
+    generation_stops,
     hf_logits,
     llama_cpp_logits,
     probe_ids,
-    tokenization_matches,
+    tokenization_report,
 )
+from medlora.export._vllm import adapter_problems, merged_problems
 from medlora.training import QuantizationConfig, TrainingResult
 from medlora.training._trainer import TOKENIZER_FILES
 
@@ -100,16 +104,25 @@ class AdapterExporter:
             if "adapter" in cfg.formats:
                 adapter_dir = self._write_adapter(adapter_src, tmp / "adapter", base)
                 files["peft adapter (vLLM --enable-lora)"] = "adapter/"
+            if "gguf-adapter" in cfg.formats:
+                lora = tmp / "gguf" / f"{name}-lora-F32.gguf"
+                write_lora_gguf(
+                    adapter_src, lora, base_model_dir=base, metadata=self._gguf_metadata(name, base)
+                )
+                files["GGUF LoRA adapter (llama.cpp --lora, on the base GGUF)"] = (
+                    f"gguf/{lora.name}"
+                )
             reference = hf_logits(load_trained(base, adapter_src, quant), ids)
             strategy = None
             merged = None
             if "merged" in cfg.formats or "gguf" in cfg.formats:
                 strategy, merged, measured = self._merge(base, adapter_src, quant, ids, reference)
                 parity["merge"] = measured
-                if measured[strategy]["mean_kl"] > cfg.max_merge_kl:
+                limit = cfg.merge_kl_limit(strategy)
+                if measured[strategy]["mean_kl"] > limit:
                     problems.append(
                         f"merged ({strategy}) mean KL {measured[strategy]['mean_kl']:.3g}"
-                        f" > max_merge_kl {cfg.max_merge_kl}"
+                        f" > {limit:g} (max_merge_kl)"
                     )
                 parity["artefacts"][f"merged ({strategy})"] = measured[strategy]
                 merged_dir = self._write_merged(merged, tmp / "merged", base, tokenizer)
@@ -132,8 +145,11 @@ class AdapterExporter:
                     tokenizer.decode(i, skip_special_tokens=False)[len("<s>") :].lstrip()
                     for i in ids
                 ]
-                same, total = tokenization_matches(first, tokenizer, texts)
-                parity["tokenization"] = {"matching": same, "total": total}
+                parity["tokenization"] = tokenization_report(first, tokenizer, texts)
+                problems += [f"GGUF {p}" for p in chat_template_problems(first, tokenizer)]
+                parity["generation"] = {
+                    qtype: generation_stops(path) for qtype, path in gguf_files.items()
+                }
                 (tmp / "gguf" / "Modelfile").write_text(
                     ollama_modelfile(gguf_files.get("Q4_K_M", first).name)
                 )
@@ -141,6 +157,9 @@ class AdapterExporter:
                     shutil.rmtree(tmp / "merged")
                     merged_dir = None
             del merged
+            parity["vllm"] = self._check_vllm(
+                tmp / "adapter" if adapter_dir else None, tmp / "merged" if merged_dir else None
+            )
             write_json(tmp / "parity.json", parity)
             (tmp / "README.md").write_text(
                 model_card(
@@ -185,12 +204,6 @@ class AdapterExporter:
         config_path = dst / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = self.config.base_model_id or str(base)
-        if config.get("modules_to_save"):
-            warnings.warn(
-                "the adapter has modules_to_save; vLLM cannot serve it with "
-                "--enable-lora (use the merged directory instead)",
-                stacklevel=3,
-            )
         write_json(config_path, config)
         return dst
 
@@ -236,14 +249,38 @@ class AdapterExporter:
         ).save_pretrained(dst)
         return dst
 
-    def _write_gguf(self, merged_dir: Path, dst: Path, name: str, base: Path) -> dict[str, Path]:
-        dst.mkdir()
-        metadata = {
+    def _gguf_metadata(self, name: str, base: Path) -> dict[str, str]:
+        return {
             "general.name": name,
             "general.license": self.config.license,
             "general.base_model": self.config.base_model_id or base.name,
             "general.description": "medlora QLoRA fine-tune; not a medical device",
         }
+
+    @staticmethod
+    def _check_vllm(adapter: Path | None, merged: Path | None) -> dict[str, list[str]]:
+        """vLLM's contract: adapter problems warn (peft still loads it), merged ones raise."""
+        found = {
+            "adapter": adapter_problems(adapter) if adapter else [],
+            "merged": merged_problems(merged) if merged else [],
+        }
+        if found["adapter"]:
+            warnings.warn(
+                "vLLM cannot serve the adapter with --enable-lora: "
+                + "; ".join(found["adapter"])
+                + " (serve the merged directory instead)",
+                stacklevel=4,
+            )
+        if found["merged"]:
+            raise ExportError(
+                f"the merged directory is not servable by vLLM: {'; '.join(found['merged'])}",
+                measurements=found,
+            )
+        return found
+
+    def _write_gguf(self, merged_dir: Path, dst: Path, name: str, base: Path) -> dict[str, Path]:
+        dst.mkdir(exist_ok=True)
+        metadata = self._gguf_metadata(name, base)
         out: dict[str, Path] = {}
         intermediate = dst / f"{name}-F16.gguf"
         write_gguf(merged_dir, intermediate, outtype="F16", metadata=metadata)

@@ -100,6 +100,7 @@ def write_gguf(
         with _temporary_beside(out_path) as tmp:
             writer = gguf.GGUFWriter(str(tmp), "llama")
             try:
+                writer.add_type(gguf.GGUFType.MODEL)
                 writer.add_name(extra.pop("general.name", model_dir.name))
                 _add_hparams(writer, gguf, config, embed.shape[0], qtype)
                 for key, value in extra.items():
@@ -225,9 +226,8 @@ def _add_hparams(
     writer.add_feed_forward_length(int(config["intermediate_size"]))
     writer.add_head_count(n_head)
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
-    if head_dim * n_head != hidden:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer.add_key_length(head_dim)  # as llama.cpp's converter writes them, even when implied
+    writer.add_value_length(head_dim)
     writer.add_rope_freq_base(theta)
     writer.add_rope_dimension_count(head_dim)  # llama.cpp rejects the file without it
     if rope_kind == "linear":
@@ -240,7 +240,7 @@ def _add_hparams(
 
 
 def _plan(
-    handles: Mapping[str, Any], config: Mapping[str, Any], qtype: str, name_map: Any
+    handles: Mapping[str, _Stored], config: Mapping[str, Any], qtype: str, name_map: Any
 ) -> list[_TensorPlan]:
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -254,7 +254,7 @@ def _plan(
             raise ExportError(
                 f"tensor {source!r} has no GGUF name for the llama architecture.{hint}"
             )
-        shape = tuple(int(d) for d in handle.get_slice(source).get_shape())
+        shape = handle.shape
         permute = n_head if ".q_proj." in source else n_kv if ".k_proj." in source else 0
         plans.append(_TensorPlan(source, name, shape, _tensor_type(name, shape, qtype), permute))
     return plans
@@ -268,10 +268,8 @@ def _tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> str:
     return qtype
 
 
-def _convert(handle: Any, plan: _TensorPlan, gguf: Any) -> Any:
-    torch = require("torch", "GGUF export")
-    with torch.no_grad():
-        data = handle.get_tensor(plan.source).to(torch.float32).numpy()  # HF layout (out, in)
+def _convert(handle: _Stored, plan: _TensorPlan, gguf: Any) -> Any:
+    data = handle.read_f32()  # HF layout (out, in)
     if plan.permute_heads:  # rotate-half (HF) -> interleaved pairs (llama.cpp)
         n = plan.permute_heads
         data = (
@@ -282,10 +280,51 @@ def _convert(handle: Any, plan: _TensorPlan, gguf: Any) -> Any:
     return gguf.quants.quantize(data, gguf.GGMLQuantizationType[plan.qtype])
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """Where one tensor lies in a safetensors file (read with plain file reads, not mmap)."""
+
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    """Absolute byte offset of the data in the file."""
+
+    def read_f32(self) -> Any:
+        """The tensor as a float32 array, in anonymous memory: a memory map would keep every
+        page read so far resident until the file closes (measured: ~1 extra copy of the
+        model in RSS on a 1.1B export)."""
+        numpy = require("numpy", "GGUF export")
+        source = {"F32": numpy.float32, "F16": numpy.float16, "BF16": numpy.uint16}
+        if self.dtype not in source:
+            raise ExportError(f"{self.path}: tensor dtype {self.dtype} is not F32, F16 or BF16")
+        with open(self.path, "rb") as file:
+            file.seek(self.start)
+            data = numpy.fromfile(file, dtype=source[self.dtype], count=_numel(self.shape))
+        if self.dtype == "BF16":  # bf16 is the top half of a float32
+            return (data.astype(numpy.uint32) << 16).view(numpy.float32).reshape(self.shape)
+        return data.astype(numpy.float32, copy=False).reshape(self.shape)
+
+
+def _read_safetensors_header(path: Path) -> dict[str, _Stored]:
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header: dict[str, Any] = json.loads(file.read(size))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path} is not a readable safetensors file: {exc}") from exc
+    header.pop("__metadata__", None)
+    return {
+        name: _Stored(
+            path, str(info["dtype"]), tuple(info["shape"]), 8 + size + info["data_offsets"][0]
+        )
+        for name, info in header.items()
+    }
+
+
 @contextlib.contextmanager
-def _safetensors(model_dir: Path) -> Iterator[dict[str, Any]]:
-    """Open every safetensors file lazily; yield {tensor name: open file handle}."""
-    safetensors = require("safetensors", "GGUF export")
+def _safetensors(model_dir: Path) -> Iterator[dict[str, _Stored]]:
+    """Index every tensor of the model's safetensors file(s): {tensor name: where it lies}."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -297,15 +336,18 @@ def _safetensors(model_dir: Path) -> Iterator[dict[str, Any]]:
             f"{model_dir} has no model.safetensors; save the model with "
             "save_pretrained(..., safe_serialization=True)"
         )
-    with contextlib.ExitStack() as stack:
-        handles: dict[str, Any] = {}
-        for file in files:
-            handle = stack.enter_context(
-                safetensors.safe_open(str(model_dir / file), framework="pt")
-            )
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                handles[key] = handle
-        yield dict(sorted(handles.items()))
+    stored: dict[str, _Stored] = {}
+    for file in files:
+        stored.update(_read_safetensors_header(model_dir / file))
+    yield dict(sorted(stored.items()))
+
+
+@contextlib.contextmanager
+def _safetensors_file(path: Path) -> Iterator[Any]:
+    """One safetensors file opened lazily (torch tensors)."""
+    safetensors = require("safetensors", "GGUF export")
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        yield handle
 
 
 @contextlib.contextmanager

@@ -136,17 +136,90 @@ def compare(reference: Sequence[Any], candidate: Sequence[Any]) -> Agreement:
     )
 
 
-def tokenization_matches(path: Path, tokenizer: Any, texts: Sequence[str]) -> tuple[int, int]:
-    """(matching, total): texts that llama.cpp tokenizes exactly as the HF tokenizer does."""
+def tokenization_report(path: Path, tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
+    """Compare llama.cpp's tokenization of ``texts`` (``special=True``, as its chat path does)
+    with the HF tokenizer's, both ways, naming where they part.
+
+    Known case (measured on the Zephyr template, transformers 5 with ``legacy=False``):
+    llama.cpp's SentencePiece path prepends ``'▁'`` to every text fragment that follows a
+    special token, so ``</s>\n<|user|>`` gains one ``'▁'`` after each ``</s>``; HF with
+    ``legacy=True`` (Metaspace ``prepend_scheme="always"``) does the same.
+
+    Returns:
+        ``matching``/``total`` texts, token counts on each side, and up to 8 ``differences``
+        (probe, first differing position, HF token, llama.cpp token).
+    """
     from medlora.export._llama_cpp import open_gguf
 
     llm = open_gguf(path, n_ctx=64, vocab_only=True)
     try:
-        same = sum(
-            llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)
-            == list(tokenizer(t)["input_ids"])
-            for t in texts
-        )
+        ours = [list(tokenizer(t)["input_ids"]) for t in texts]
+        theirs = [llm.tokenize(t.encode("utf-8"), add_bos=True, special=True) for t in texts]
     finally:
         llm.close()
-    return same, len(texts)
+    differences = []
+    for probe, (hf, lc) in enumerate(zip(ours, theirs, strict=True)):
+        if hf == lc:
+            continue
+        pairs = enumerate(zip(hf, lc, strict=False))
+        pos = next((i for i, (a, b) in pairs if a != b), min(len(hf), len(lc)))
+        differences.append(
+            {
+                "probe": probe,
+                "position": pos,
+                "hf": tokenizer.convert_ids_to_tokens(hf[pos]) if pos < len(hf) else None,
+                "llama_cpp": tokenizer.convert_ids_to_tokens(lc[pos]) if pos < len(lc) else None,
+                "after": tokenizer.convert_ids_to_tokens(hf[pos - 1]) if pos else None,
+            }
+        )
+    return {
+        "matching": len(texts) - len(differences),
+        "total": len(texts),
+        "hf_tokens": sum(map(len, ours)),
+        "llama_cpp_tokens": sum(map(len, theirs)),
+        "differences": differences[:8],
+    }
+
+
+def generation_stops(path: Path, n: int = 3, max_tokens: int = 96) -> dict[str, Any]:
+    """Greedy chats through llama.cpp's own chat path (the template embedded in the file):
+    how many end with ``finish_reason == "stop"`` (EOS) rather than running to ``max_tokens``."""
+    from medlora.export._llama_cpp import open_gguf
+
+    llm = open_gguf(path, n_ctx=512)
+    reasons, lengths = [], []
+    try:
+        for conversation in probe_conversations(n):
+            reply = llm.create_chat_completion(
+                messages=conversation, max_tokens=max_tokens, temperature=0.0
+            )
+            reasons.append(reply["choices"][0]["finish_reason"])
+            lengths.append(reply["usage"]["completion_tokens"])
+    finally:
+        llm.close()
+    return {"stopped": reasons.count("stop"), "total": n, "completion_tokens": lengths}
+
+
+def chat_template_problems(path: Path, tokenizer: Any) -> list[str]:
+    """Structural checks that llama.cpp will format and stop like training did."""
+    gguf = __import__("gguf")
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str) -> Any:
+        item = reader.fields.get(key)
+        return None if item is None else item.contents()
+
+    problems = []
+    template = field("tokenizer.chat_template")
+    if template is None:
+        problems.append("no tokenizer.chat_template (llama.cpp would fall back to llama-2)")
+    elif template != tokenizer.chat_template:
+        problems.append("tokenizer.chat_template differs from the training tokenizer's")
+    if field("tokenizer.ggml.eos_token_id") != tokenizer.eos_token_id:
+        problems.append(
+            f"tokenizer.ggml.eos_token_id {field('tokenizer.ggml.eos_token_id')} != "
+            f"{tokenizer.eos_token_id}"
+        )
+    if field("tokenizer.ggml.bos_token_id") != tokenizer.bos_token_id:
+        problems.append("tokenizer.ggml.bos_token_id differs from the training tokenizer's")
+    return problems

@@ -1,10 +1,13 @@
 """4-bit base + LoRA: configs, model loading and the training loop."""
 
+from medlora.training._callbacks import Callback
 from medlora.training._config import LoraConfig, QuantizationConfig, TrainingConfig
 from medlora.training._model import count_4bit_linear
-from medlora.training._trainer import QLoRATrainer, TrainingResult
+from medlora.training._result import TrainingResult
+from medlora.training._trainer import QLoRATrainer
 
 __all__ = [
+    "Callback",
     "LoraConfig",
     "QLoRATrainer",
     "QuantizationConfig",

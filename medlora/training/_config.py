@@ -59,6 +59,11 @@ class QuantizationConfig(ConfigBase):
     )
     """Matmul dtype; ``auto`` picks bf16 where the GPU supports it, fp16 on older GPUs and
     fp32 on CPU."""
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = attrs.field(
+        default="uint8", validator=one_of("uint8", "bfloat16", "float16", "float32")
+    )
+    """Storage dtype of the packed 4-bit weights. FSDP shards only tensors of one dtype: set
+    it to the dtype of the rest of the model (``bfloat16``) for FSDP + QLoRA."""
 
 
 @attrs.frozen(kw_only=True)
@@ -104,7 +109,35 @@ class TrainingConfig(ConfigBase):
     )
     """Share of records (grouped by patient where possible) held out for evaluation."""
     eval_every: int = attrs.field(default=0, validator=[integer, non_negative])
-    """Evaluate every N steps (0: only at the end)."""
+    """Evaluate every N steps (0: only at the start and the end)."""
+    early_stopping_patience: int = attrs.field(default=0, validator=[integer, non_negative])
+    """Stop after this many evaluations in a row without improvement (0: never stop early)."""
+    early_stopping_min_delta: float = attrs.field(
+        default=0.0, converter=float, validator=non_negative
+    )
+    """An evaluation improves only if it beats the best loss by more than this."""
+    select_best: bool = True
+    """With ``eval_every``, the final adapter is the one with the best held-out loss."""
+    optimizer: Literal["adamw", "paged_adamw_8bit"] = attrs.field(
+        default="adamw", validator=one_of("adamw", "paged_adamw_8bit")
+    )
+    """``adamw`` (torch) or bitsandbytes' paged 8-bit AdamW (CUDA only)."""
+    save_every: int = attrs.field(default=0, validator=[integer, non_negative])
+    """Write a resumable checkpoint every N steps (0: none, except on Ctrl-C)."""
+    keep_checkpoints: int = attrs.field(default=2, validator=[integer, positive])
+    """How many of the latest checkpoints to keep."""
+    resume: bool = False
+    """Continue from the latest checkpoint in ``output_dir`` when there is one."""
+    packing: bool = False
+    """Pack several examples into each ``max_seq_len`` row (best-fit-decreasing), each one
+    attending only to itself: fewer padding tokens, same loss. Needs SDPA attention."""
+    loss_chunk_tokens: int = attrs.field(default=1024, validator=[integer, non_negative])
+    """Compute the loss over this many supervised tokens at a time, so the float32
+    (batch, seq, vocab) logits are never held whole (0: plain full-logits loss)."""
+    tensorboard: bool = True
+    """Also log to TensorBoard (``run_dir/tensorboard``) when it is installed."""
+    plot: bool = True
+    """Draw ``loss.png`` in the run directory when matplotlib is installed."""
     log_every: int = attrs.field(default=1, validator=[integer, positive])
     """Write a log line every N steps."""
     seed: int = attrs.field(default=0, validator=integer)
@@ -122,4 +155,9 @@ class TrainingConfig(ConfigBase):
                 f"warmup_steps = {self.warmup_steps} must be smaller than max_steps = "
                 f"{self.max_steps}; lower warmup_steps.",
                 field="warmup_steps",
+            )
+        if self.early_stopping_patience and not self.eval_every:
+            raise ConfigError(
+                "early_stopping_patience needs evaluations: set eval_every to a number of steps.",
+                field="early_stopping_patience",
             )

@@ -40,7 +40,7 @@ def load_base_model(
             bnb_4bit_quant_type=quant.quant_type,
             bnb_4bit_use_double_quant=quant.double_quant,
             bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_storage=torch.uint8,
+            bnb_4bit_quant_storage=getattr(torch, quant.quant_storage),
         )
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs["device_map"] = {"": device}
@@ -54,7 +54,21 @@ def load_base_model(
             "Llama-architecture models (TinyLlama, Llama 2/3, and compatible)."
         )
     model.requires_grad_(False)
+    if quant is not None:
+        _keep_cpu_training_layout(model)
     return model
+
+
+def _keep_cpu_training_layout(model: Any) -> None:
+    """Stop bitsandbytes repacking CPU 4-bit weights for inference on the first no-grad
+    eval forward: once repacked (on AVX512-BF16 CPUs), every later matmul, training ones
+    included, runs a kernel without autograd, so gradients through the frozen base are lost
+    and a held-out evaluation changes the training run that follows it."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def count_4bit_linear(model: Any) -> int:

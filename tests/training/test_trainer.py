@@ -80,14 +80,13 @@ def test_nan_loss_stops_training(
 ) -> None:
     import medlora.training._trainer as trainer_module
     from medlora import TrainingError
+    from medlora.training._loss import train_micro_step as real
 
-    real = trainer_module._token_loss
+    def poisoned(*args: Any, **kwargs: Any) -> tuple[float, int]:
+        loss, n = real(*args, **kwargs)
+        return loss * float("nan"), n
 
-    def poisoned(logits: Any, labels: Any, *, reduction: str = "mean") -> tuple[Any, int]:
-        loss, n = real(logits, labels, reduction=reduction)
-        return loss * float("nan") if reduction == "sum" else loss, n
-
-    monkeypatch.setattr(trainer_module, "_token_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "train_micro_step", poisoned)
     config = TrainingConfig(
         model=str(tiny_model_dir),
         output_dir=tmp_path,

@@ -1,0 +1,268 @@
+"""Run the same evaluation on several models and write one comparison table."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from medlora._config import ConfigBase, integer, one_of, positive
+from medlora._io import atomic_file, write_json
+from medlora.data import ClinicalDataset
+from medlora.eval._metrics import choose, exact_match, rouge_l
+from medlora.eval._tasks import ChoiceItem, GenerationItem, choice_items, generation_items
+
+TASKS = ("perplexity", "multiple_choice", "generation")
+"""Evaluation tasks, in table order."""
+
+METRICS = {
+    "perplexity": "perplexity (lower is better)",
+    "mc_acc": "multiple-choice acc",
+    "mc_acc_norm": "multiple-choice acc_norm",
+    "pubmedqa_acc": "PubMedQA acc",
+    "rouge_l": "ROUGE-L F1",
+    "exact_match": "exact match",
+}
+"""Metric key -> column title."""
+
+
+def _tasks(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _known_tasks(_inst: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    from medlora._errors import ConfigError
+
+    odd = [t for t in value if t not in TASKS]
+    if odd or not value:
+        raise ConfigError(
+            f"{attribute.name} = {list(value)!r} is invalid: choose from {', '.join(TASKS)}.",
+            field=attribute.name,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class EvalConfig(ConfigBase):
+    """What to evaluate and how."""
+
+    tasks: tuple[str, ...] = attrs.field(default=TASKS, converter=_tasks, validator=_known_tasks)
+    """Tasks to run (``perplexity``, ``multiple_choice``, ``generation``)."""
+    prompt_style: Literal["chat", "plain"] = attrs.field(
+        default="chat", validator=one_of("chat", "plain")
+    )
+    """``chat``: score option replies after the chat template (how the model was trained);
+    ``plain``: lm-eval's ``Question: ...\\nAnswer:`` prompt and ``" " + option`` continuation."""
+    max_records: int | None = None
+    """Use at most this many records per task (None: all)."""
+    max_generation_records: int = attrs.field(default=8, validator=[integer, positive])
+    """Records generated from for ROUGE-L / exact match (generation is the slow part)."""
+    max_new_tokens: int = attrs.field(default=64, validator=[integer, positive])
+    """Token limit of each generated reply (greedy)."""
+
+
+def _cap(items: Sequence[Any], limit: int | None) -> list[Any]:
+    return list(items if limit is None else items[:limit])
+
+
+def _perplexity(model: Any, dataset: ClinicalDataset, limit: int | None) -> tuple[float, int]:
+    """exp(mean NLL) over every assistant reply (and its EOS) in ``dataset``."""
+    nll, count = 0.0, 0
+    for record in _cap(dataset.records, limit):
+        messages = list(record.messages)
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            context = model.render(messages[:i], generation_prompt=True) if i else ""
+            scored = model.loglikelihood(context, message["content"] + model.eos_token)
+            nll -= scored.logprob
+            count += scored.n_tokens
+    return (math.exp(nll / count) if count else math.nan), count
+
+
+def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, float]:
+    hits: dict[str, list[float]] = {"mc_acc": [], "mc_acc_norm": [], "pubmedqa_acc": []}
+    for item in items:
+        if style == "chat":
+            context = model.render(item.chat_messages(), generation_prompt=True)
+        else:
+            context = item.plain_prompt()
+        continuations = item.continuations(style)
+        scores = [model.loglikelihood(context, c).logprob for c in continuations]
+        raw, norm = choose(scores, continuations)
+        if item.task == "pubmedqa":
+            hits["pubmedqa_acc"].append(float(raw == item.answer))
+        else:
+            hits["mc_acc"].append(float(raw == item.answer))
+            hits["mc_acc_norm"].append(float(norm == item.answer))
+    return {k: sum(v) / len(v) for k, v in hits.items() if v}
+
+
+def _generation(
+    model: Any, items: Sequence[GenerationItem], max_new_tokens: int
+) -> dict[str, float]:
+    rouge, em = [], []
+    for item in items:
+        reply = model.chat(list(item.messages), max_new_tokens=max_new_tokens, temperature=0.0)
+        rouge.append(rouge_l(reply, item.reference).f1)
+        em.append(exact_match(reply, item.reference))
+    if not items:
+        return {}
+    return {"rouge_l": sum(rouge) / len(rouge), "exact_match": sum(em) / len(em)}
+
+
+def evaluate_model(
+    model: Any,
+    dataset: ClinicalDataset,
+    config: EvalConfig | None = None,
+    *,
+    extra_choice_records: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, float]:
+    """Every configured metric of one loaded model (see :func:`medlora.load`) on ``dataset``.
+
+    Args:
+        model: A loaded model (:class:`~medlora.serve.HFModel` or
+            :class:`~medlora.serve.GGUFModel`).
+        dataset: Held-out records.
+        config: Tasks and limits.
+        extra_choice_records: Raw multiple-choice records (e.g. PubMedQA from
+            :func:`~medlora.eval.pubmedqa_records`) scored with the dataset's own.
+
+    Returns:
+        Metric key (see :data:`METRICS`) -> value, plus ``*_n`` counts.
+    """
+    config = config or EvalConfig()
+    out: dict[str, float] = {}
+    if "perplexity" in config.tasks:
+        ppl, tokens = _perplexity(model, dataset, config.max_records)
+        out["perplexity"] = ppl
+        out["perplexity_tokens"] = tokens
+    if "multiple_choice" in config.tasks:
+        items = _cap(choice_items(dataset.records), config.max_records)
+        items += _cap(choice_items(extra_choice_records), config.max_records)
+        out.update(_choices(model, items, config.prompt_style))
+        out["mc_n"] = sum(i.task == "multiple_choice" for i in items)
+        out["pubmedqa_n"] = sum(i.task == "pubmedqa" for i in items)
+    if "generation" in config.tasks:
+        items_g = _cap(generation_items(dataset.records), config.max_generation_records)
+        out.update(_generation(model, items_g, config.max_new_tokens))
+        out["generation_n"] = len(items_g)
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class EvalReport:
+    """One comparison: the same metrics for every model, and where they were written."""
+
+    out_dir: Path | None
+    """Directory holding ``eval.md``, ``eval.json`` and ``eval.png`` (None if not written)."""
+    rows: Mapping[str, Mapping[str, float]]
+    """Model name -> metric key -> value."""
+    seconds: Mapping[str, float]
+    """Model name -> wall time of its evaluation."""
+
+    def markdown(self) -> str:
+        """The comparison table in Markdown (see :func:`evaluation_table_markdown`)."""
+        return evaluation_table_markdown(self.rows)
+
+
+def evaluation_table_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """A Markdown table: one row per model, one column per metric present in any row.
+
+    Suitable for a model card; counts (``*_n``) go in a line under the table.
+    """
+    keys = [k for k in METRICS if any(k in r for r in rows.values())]
+    head = "| model | " + " | ".join(METRICS[k] for k in keys) + " |"
+    rule = "|---|" + "---:|" * len(keys)
+    lines = [head, rule]
+    for name, row in rows.items():
+        cells = [f"{row[k]:.3f}" if k in row and not math.isnan(row[k]) else "-" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = next(iter(rows.values()), {})
+    counts = [
+        f"{label} {int(first[key])}"
+        for key, label in (
+            ("perplexity_tokens", "perplexity tokens"),
+            ("mc_n", "multiple-choice questions"),
+            ("pubmedqa_n", "PubMedQA questions"),
+            ("generation_n", "generated replies"),
+        )
+        if first.get(key)
+    ]
+    if counts:
+        lines += ["", "Held-out items: " + ", ".join(counts) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: Mapping[str, Mapping[str, float]], path: Path) -> None:
+    from medlora._optional import require
+
+    matplotlib = require("matplotlib", "The evaluation chart")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in METRICS if any(k in r for r in rows.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    names = list(rows)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = [rows[n].get(key, math.nan) for n in names]
+        ax.bar(range(len(names)), values, color="teal")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(METRICS[key], fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+
+
+def compare_models(
+    models: Mapping[str, Any],
+    dataset: ClinicalDataset,
+    out_dir: str | Path | None = None,
+    config: EvalConfig | None = None,
+    *,
+    extra_choice_records: Sequence[Mapping[str, Any]] = (),
+) -> EvalReport:
+    """Evaluate each model the same way and write ``eval.md``, ``eval.json``, ``eval.png``.
+
+    Args:
+        models: Name -> a path :func:`medlora.load` accepts (loaded and closed one at a time)
+            or an already loaded model.
+        dataset: Held-out records.
+        out_dir: Where to write the table, JSON and chart (None: write nothing).
+        config: Tasks and limits.
+        extra_choice_records: Raw multiple-choice records (e.g. PubMedQA) scored as well.
+    """
+    from medlora.serve import load
+
+    config = config or EvalConfig()
+    rows: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    for name, spec in models.items():
+        started = time.perf_counter()
+        model = load(spec) if isinstance(spec, str | Path) else spec
+        try:
+            rows[name] = evaluate_model(
+                model, dataset, config, extra_choice_records=extra_choice_records
+            )
+        finally:
+            if isinstance(spec, str | Path):
+                model.close()
+        seconds[name] = time.perf_counter() - started
+    report = EvalReport(
+        out_dir=None if out_dir is None else Path(out_dir), rows=rows, seconds=seconds
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(
+            out / "eval.json",
+            {"config": config.to_dict(), "rows": rows, "seconds": seconds},
+        )
+        with atomic_file(out / "eval.md") as handle:
+            handle.write(report.markdown())
+        _plot(rows, out / "eval.png")
+    return report

@@ -1,0 +1,186 @@
+"""Evaluation items from records: multiple choice (MedQA, MedMCQA, PubMedQA layouts) and
+generation (the last assistant turn of a conversation)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from medlora._errors import DatasetError, DatasetProblem
+from medlora.data import ClinicalRecord
+
+LETTERS = "ABCDEFGHIJ"
+PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+
+
+@attrs.frozen(kw_only=True)
+class ChoiceItem:
+    """One multiple-choice question."""
+
+    id: str
+    """Record id."""
+    question: str
+    """The question (with its abstract for PubMedQA)."""
+    options: tuple[tuple[str, str], ...]
+    """``(letter, text)`` pairs; PubMedQA's are ``("yes", "yes")`` ...."""
+    answer: int
+    """Index of the correct option."""
+    task: str
+    """``multiple_choice`` (MedQA/MedMCQA layout) or ``pubmedqa``."""
+    messages: tuple[Mapping[str, str], ...] = ()
+    """The prompt as chat turns (system + user), when the record has them."""
+
+    def plain_prompt(self) -> str:
+        """lm-eval's prompt: ``Question: ...\\nA. ...\\nAnswer:`` (PubMedQA: ``Abstract: ...``)."""
+        if self.task == "pubmedqa":
+            return f"{self.question}\nAnswer:"
+        shown = "\n".join(f"{k}. {v}" for k, v in self.options)
+        return f"Question: {self.question}\n{shown}\nAnswer:"
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The prompt as a conversation (the record's own turns, else the plain prompt)."""
+        if self.messages:
+            return [dict(m) for m in self.messages]
+        return [{"role": "user", "content": self.plain_prompt()}]
+
+    def continuations(self, style: str) -> list[str]:
+        """What is scored for each option: ``" " + text`` (plain) or the trained reply form."""
+        if self.task == "pubmedqa":
+            return [(" " if style == "plain" else "") + text for _, text in self.options]
+        if style == "plain":
+            return [f" {text}" for _, text in self.options]
+        return [f"{letter}. {text}" for letter, text in self.options]
+
+
+@attrs.frozen(kw_only=True)
+class GenerationItem:
+    """One prompt whose reply is compared with a reference."""
+
+    id: str
+    """Record id."""
+    messages: tuple[Mapping[str, str], ...]
+    """The conversation up to the reply."""
+    reference: str
+    """The reference reply."""
+
+
+def _fields(
+    record: ClinicalRecord | Mapping[str, Any],
+) -> tuple[str, Mapping[str, Any], tuple[Mapping[str, str], ...]]:
+    if isinstance(record, ClinicalRecord):
+        return record.id, record.source, record.messages
+    messages = record.get("messages")
+    return str(record.get("id", "")), record, tuple(messages) if isinstance(messages, list) else ()
+
+
+def _prompt_turns(messages: Sequence[Mapping[str, str]]) -> tuple[Mapping[str, str], ...]:
+    """The turns before the last assistant reply."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    return tuple(messages[:last]) if last is not None else tuple(messages)
+
+
+def _choice_item(index: int, record: ClinicalRecord | Mapping[str, Any]) -> ChoiceItem | None:
+    rid, src, messages = _fields(record)
+    rid = rid or f"record-{index}"
+    prompt = _prompt_turns(messages)
+    decision = src.get("final_decision")
+    if isinstance(decision, str) and decision.lower() in PUBMEDQA_CHOICES:
+        contexts = src.get("CONTEXTS", src.get("contexts", src.get("context", "")))
+        abstract = " ".join(contexts) if isinstance(contexts, list) else str(contexts)
+        question = src.get("QUESTION", src.get("question", ""))
+        return ChoiceItem(
+            id=rid,
+            question=f"Abstract: {abstract}\nQuestion: {question}",
+            options=tuple((c, c) for c in PUBMEDQA_CHOICES),
+            answer=PUBMEDQA_CHOICES.index(decision.lower()),
+            task="pubmedqa",
+        )
+    question = src.get("question")
+    if not isinstance(question, str):
+        return None
+    options: list[tuple[str, str]] = []
+    answer: Any = None
+    if isinstance(src.get("options"), Mapping):  # MedQA / medlora's synthetic layout
+        options = [(str(k), str(v)) for k, v in src["options"].items()]
+        answer = src.get("answer_idx", src.get("answer"))
+    elif "opa" in src and "cop" in src:  # MedMCQA (cop 0-based A-D, as lm-eval's copy)
+        options = [(LETTERS[i], str(src[f"op{c}"])) for i, c in enumerate("abcd")]
+        cop = src["cop"]
+        answer = LETTERS[cop] if isinstance(cop, int) and 0 <= cop < 4 else None
+    else:
+        return None
+    letters = [k for k, _ in options]
+    if answer not in letters:
+        raise DatasetError(
+            [
+                DatasetProblem(
+                    f"answer {answer!r} is not one of the options {letters}",
+                    record_index=index,
+                    field="answer",
+                )
+            ]
+        )
+    return ChoiceItem(
+        id=rid,
+        question=question,
+        options=tuple(options),
+        answer=letters.index(answer),
+        task="multiple_choice",
+        messages=prompt,
+    )
+
+
+def choice_items(records: Iterable[ClinicalRecord | Mapping[str, Any]]) -> list[ChoiceItem]:
+    """Multiple-choice items from every record that has a MedQA, MedMCQA or PubMedQA layout.
+
+    MedQA / medlora layout: ``question``, ``options`` ``{"A": ...}``, ``answer`` or
+    ``answer_idx`` (a letter). MedMCQA: ``question``, ``opa``..``opd``, ``cop`` (0-based).
+    PubMedQA: ``question``/``QUESTION``, ``contexts``/``CONTEXTS``, ``final_decision``.
+    Other records are skipped.
+
+    Raises:
+        DatasetError: A record's answer is not one of its options.
+    """
+    items = (_choice_item(i, r) for i, r in enumerate(records))
+    return [item for item in items if item is not None]
+
+
+def generation_items(
+    records: Iterable[ClinicalRecord],
+    *,
+    kinds: Sequence[str] = ("summarization", "diagnosis_qa", "qa"),
+) -> list[GenerationItem]:
+    """Generation items: the last assistant turn of records whose ``task`` (or kind) is in
+    ``kinds``, with the turns before it as the prompt."""
+    out = []
+    for record in records:
+        task = record.source.get("task", record.kind)
+        if task not in kinds:
+            continue
+        last = max(i for i, m in enumerate(record.messages) if m["role"] == "assistant")
+        out.append(
+            GenerationItem(
+                id=record.id,
+                messages=tuple(record.messages[:last]),
+                reference=record.messages[last]["content"],
+            )
+        )
+    return out
+
+
+def pubmedqa_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records from PubMedQA's ``ori_pqal.json`` (one object keyed by PMID)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(
+            [DatasetProblem(f"cannot read PubMedQA JSON: {exc}", path=path)]
+        ) from exc
+    if not isinstance(data, dict):
+        raise DatasetError([DatasetProblem("expected one object keyed by PMID", path=path)])
+    return [{"id": str(pmid), **row} for pmid, row in data.items() if isinstance(row, dict)]

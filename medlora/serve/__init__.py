@@ -1,0 +1,38 @@
+"""Run an exported model: ``load`` it in Python, or serve it over an OpenAI-compatible API."""
+
+from medlora.serve._load import GGUFModel, HFModel, Loglikelihood, load
+from medlora.serve._server import (
+    CHECKED_PATHS,
+    RequestValidator,
+    ServeConfig,
+    create_gguf_app,
+    serve_gguf,
+    validate_request,
+)
+from medlora.serve._vllm import (
+    SUPPORTED_ARCHITECTURES,
+    VLLM_LORA_MODULES,
+    check_vllm_contract,
+    exec_vllm,
+    vllm_available,
+    vllm_command,
+)
+
+__all__ = [
+    "CHECKED_PATHS",
+    "GGUFModel",
+    "HFModel",
+    "Loglikelihood",
+    "RequestValidator",
+    "SUPPORTED_ARCHITECTURES",
+    "ServeConfig",
+    "VLLM_LORA_MODULES",
+    "check_vllm_contract",
+    "create_gguf_app",
+    "exec_vllm",
+    "load",
+    "serve_gguf",
+    "validate_request",
+    "vllm_available",
+    "vllm_command",
+]

@@ -1,0 +1,439 @@
+"""``medlora.load``: one interface over a merged HF directory, an adapter, or a GGUF file.
+
+Every loaded model can ``generate`` from raw text, ``chat`` through its chat template (stopping
+at EOS), stream either one as an iterator of text pieces, and score text for evaluation
+(:meth:`~HFModel.logprobs`, :meth:`~HFModel.loglikelihood`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from medlora._errors import ModelLoadError
+
+Messages = Sequence[Mapping[str, str]]
+
+
+@attrs.frozen(kw_only=True)
+class Loglikelihood:
+    """How likely a model finds ``continuation`` after ``context``."""
+
+    logprob: float
+    """Sum of the continuation tokens' log-probabilities (nats)."""
+    n_tokens: int
+    """Number of continuation tokens scored."""
+    greedy: bool
+    """Whether greedy decoding would have produced exactly these tokens."""
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
+    keep = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), keep, -1):
+            if text.endswith(stop[:n]):
+                keep = n
+                break
+    return keep
+
+
+def _pieces(tokens: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Turn a stream of decoded full texts into deltas, ending at the first stop string."""
+    emitted = 0
+    text = ""
+    for text in tokens:
+        cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+        if cut >= 0:
+            if cut > emitted:
+                yield text[emitted:cut]
+            return
+        safe = len(text) - _held_back(text, stops)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+def _stops(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else [s for s in stop if s]
+
+
+class _Scoring:
+    """Shared scoring on top of ``tokenize`` and ``token_logprobs``."""
+
+    def tokenize(self, text: str) -> list[int]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _log_softmax(self, ids: Sequence[int]) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def logprobs(self, ids: Sequence[int]) -> list[float]:
+        """``log P(ids[i] | ids[:i])`` for ``i = 1 .. len(ids) - 1``."""
+        lp = self._log_softmax(ids)  # (seq, vocab)
+        return [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+    def loglikelihood(self, context: str, continuation: str) -> Loglikelihood:
+        """Score ``continuation`` after ``context`` (lm-eval's convention).
+
+        Context and context + continuation are tokenized (with BOS); the continuation is the
+        tail by which the second is longer, so tokens merged across the boundary count once.
+        """
+        ctx = self.tokenize(context)
+        whole = self.tokenize(context + continuation)
+        n = max(1, len(whole) - len(ctx))
+        lp = self._log_softmax(whole)  # (seq, vocab)
+        start = len(whole) - n
+        total = 0.0
+        greedy = True
+        for i in range(start, len(whole)):
+            row = lp[i - 1]
+            total += float(row[whole[i]])
+            greedy = greedy and int(row.argmax()) == whole[i]
+        return Loglikelihood(logprob=total, n_tokens=n, greedy=greedy)
+
+
+@attrs.define
+class HFModel(_Scoring):
+    """A transformers causal LM (merged weights, or a base with a peft adapter on top)."""
+
+    model: Any
+    """The ``torch.nn.Module`` (eval mode)."""
+    tokenizer: Any
+    """Its fast tokenizer."""
+    path: Path
+    """Where it was loaded from."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids with BOS; special-token text such as ``</s>`` becomes the special id."""
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    @property
+    def eos_token(self) -> str:
+        """The end-of-sequence token's text (``</s>``)."""
+        return str(self.tokenizer.eos_token or "")
+
+    def render(self, messages: Messages, *, generation_prompt: bool = False) -> str:
+        """The conversation as text, through the tokenizer's chat template."""
+        from medlora.data import render
+
+        return render(self.tokenizer, list(messages), generation_prompt=generation_prompt)
+
+    def _log_softmax(self, ids: Sequence[int]) -> Any:
+        import torch
+
+        with torch.no_grad():
+            x = torch.tensor([list(ids)], device=self._device())
+            logits = self.model(input_ids=x).logits[0].float()  # (seq, vocab)
+            return torch.log_softmax(logits, -1).cpu().numpy()
+
+    def _forward(self) -> Any:
+        model = self.model
+        base = getattr(model, "get_base_model", None)  # a peft model forwards **kwargs
+        return (base() if base is not None else model).forward
+
+    def _device(self) -> Any:
+        return next(p for p in self.model.parameters()).device
+
+    def _token_stream(
+        self, ids: list[int], max_new_tokens: int, temperature: float, seed: int
+    ) -> Iterator[str]:
+        import torch
+
+        eos = {self.tokenizer.eos_token_id}
+        generated: list[int] = []
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.tensor([ids], device=self._device())
+        # transformers >= 5.2x names the KV cache ``cache``; older releases ``past_key_values``
+        key = "cache" if "cache" in inspect.signature(self._forward()).parameters else None
+        key = key or "past_key_values"
+        prefix = self.tokenizer.decode(ids, skip_special_tokens=True)
+        past = None
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=x, use_cache=True, **{key: past})
+                past = out[key]
+                logits = out.logits[0, -1].float().cpu()  # (vocab,)
+                if temperature <= 0:
+                    token = int(logits.argmax())
+                else:
+                    probs = torch.softmax(logits / temperature, -1)
+                    token = int(torch.multinomial(probs, 1, generator=gen))
+                if token in eos:
+                    return
+                generated.append(token)
+                # decode with the prompt so SentencePiece keeps the first token's space
+                text = self.tokenizer.decode(ids + generated, skip_special_tokens=True)
+                yield text[len(prefix) :]
+                x = torch.tensor([[token]], device=self._device())
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        seed: int = 0,
+    ) -> Any:
+        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or the limit.
+
+        Returns:
+            The text, or with ``stream=True`` an iterator of text pieces.
+        """
+        pieces = _pieces(
+            self._token_stream(self.tokenize(prompt), max_new_tokens, temperature, seed),
+            _stops(stop),
+        )
+        return pieces if stream else "".join(pieces)
+
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        seed: int = 0,
+    ) -> Any:
+        """Answer a conversation: rendered with the chat template, generation stops at EOS."""
+        return self.generate(
+            self.render(messages, generation_prompt=True),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            stop=stop,
+            stream=stream,
+            seed=seed,
+        )
+
+    def close(self) -> None:
+        """Release the weights."""
+        self.model = None
+
+    def __enter__(self) -> HFModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@attrs.define
+class GGUFModel(_Scoring):
+    """A GGUF file run by llama.cpp (opened through :func:`medlora.export.open_gguf`)."""
+
+    llm: Any
+    """The ``llama_cpp.Llama``."""
+    path: Path
+    """The GGUF file."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids with BOS; special-token text such as ``</s>`` becomes the special id."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def _token_text(self, key: str) -> str:
+        token_id = int(self.llm.metadata.get(f"tokenizer.ggml.{key}_token_id", -1))
+        if token_id < 0:
+            return ""
+        return bytes(self.llm.detokenize([token_id], special=True)).decode("utf-8", "replace")
+
+    @property
+    def eos_token(self) -> str:
+        """The end-of-sequence token's text (``</s>``)."""
+        return self._token_text("eos")
+
+    def render(self, messages: Messages, *, generation_prompt: bool = False) -> str:
+        """The conversation as text, through the chat template stored in the file."""
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        source = self.llm.metadata.get("tokenizer.chat_template")
+        if not source:
+            from medlora._template import ZEPHYR_CHAT_TEMPLATE
+
+            source = ZEPHYR_CHAT_TEMPLATE
+        template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return template.from_string(source).render(
+            messages=[dict(m) for m in messages],
+            add_generation_prompt=generation_prompt,
+            eos_token=self.eos_token,
+            bos_token=self._token_text("bos"),
+        )
+
+    def _log_softmax(self, ids: Sequence[int]) -> Any:
+        import numpy as np
+
+        if not getattr(self.llm, "_logits_all", True):
+            raise ModelLoadError(
+                f"{self.path} was loaded without logits_all; load it with "
+                "medlora.load(path, logits_all=True) to score text"
+            )
+        self.llm.reset()
+        self.llm.eval(list(ids))
+        logits = np.array(self.llm.scores[: len(ids)], dtype=np.float64)  # (seq, vocab)
+        logits -= logits.max(-1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+    def _stream(self, chunks: Iterator[Any], key: str) -> Iterator[str]:
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            piece = choice["delta"].get("content") if key == "delta" else choice["text"]
+            if piece:
+                yield piece
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        seed: int = 0,
+    ) -> Any:
+        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or the limit."""
+        out = self.llm.create_completion(
+            prompt,
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            stop=_stops(stop) or None,
+            stream=stream,
+            seed=seed,
+        )
+        return self._stream(out, "text") if stream else str(out["choices"][0]["text"])
+
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        seed: int = 0,
+    ) -> Any:
+        """Answer a conversation with the chat template stored in the file; stops at EOS."""
+        out = self.llm.create_chat_completion(
+            messages=[dict(m) for m in messages],
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            stop=_stops(stop) or None,
+            stream=stream,
+            seed=seed,
+        )
+        if stream:
+            return self._stream(out, "delta")
+        return str(out["choices"][0]["message"]["content"] or "")
+
+    def close(self) -> None:
+        """Free llama.cpp's model and context."""
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return handle.read(4) == b"GGUF"
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter names in its ``adapter_config.json``."""
+    config_path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} cannot be read: {exc}") from exc
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(
+            f"{config_path} names no base_model_name_or_path; pass base=... to medlora.load"
+        )
+    return base
+
+
+def load(
+    path: str | Path,
+    *,
+    base: str | Path | None = None,
+    n_ctx: int = 2048,
+    logits_all: bool = True,
+    n_threads: int | None = None,
+) -> HFModel | GGUFModel:
+    """Load a model for generation, chat and scoring.
+
+    Args:
+        path: A merged Hugging Face directory (``config.json`` + safetensors), a peft adapter
+            directory (``adapter_config.json``), or a ``.gguf`` file.
+        base: For an adapter, the base model directory or hub id (default: the one named in
+            ``adapter_config.json``).
+        n_ctx: Context length for GGUF files.
+        logits_all: For GGUF files, keep every position's logits (needed for scoring).
+        n_threads: CPU threads for GGUF files (default: llama.cpp's choice).
+
+    Raises:
+        ModelLoadError: The path is none of the three kinds, or its files cannot be loaded.
+    """
+    path = Path(path).expanduser()
+    if _is_gguf(path):
+        from medlora.export import open_gguf
+
+        try:
+            llm = open_gguf(path, n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads)
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise ModelLoadError(f"llama.cpp cannot load {path}: {exc}") from exc
+        return GGUFModel(llm=llm, path=path)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return _load_adapter(path, base)
+    if path.is_dir() and (path / "config.json").is_file():
+        return _load_hf(path)
+    raise ModelLoadError(
+        f"{path} is not a model medlora can load: pass a merged Hugging Face directory "
+        "(config.json), an adapter directory (adapter_config.json) or a .gguf file."
+    )
+
+
+def _load_hf(path: Path) -> HFModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medlora._hub import load_tokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many unrelated types here
+        raise ModelLoadError(f"cannot load the model in {path}: {exc}") from exc
+    return HFModel(model=model.eval(), tokenizer=load_tokenizer(path), path=path)
+
+
+def _load_adapter(path: Path, base: str | Path | None) -> HFModel:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from medlora._hub import load_tokenizer, resolve_model
+
+    base_dir = resolve_model(base if base is not None else adapter_base(path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, path)
+    except Exception as exc:  # transformers/peft raise many unrelated types here
+        raise ModelLoadError(f"cannot apply the adapter {path} to {base_dir}: {exc}") from exc
+    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_dir
+    return HFModel(model=model.eval(), tokenizer=load_tokenizer(tokenizer_dir), path=path)

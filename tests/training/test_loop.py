@@ -1,0 +1,240 @@
+"""The loop's contracts: exact resume after SIGKILL, Ctrl-C, early stopping, OOM, optimizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from medlora import ClinicalDataset, ConfigError, OutOfMemoryError, QLoRATrainer, TrainingConfig
+
+HERE = str(Path(__file__).parent)
+
+
+def small_config(model_dir: Path, out: Path, **changes: Any) -> TrainingConfig:
+    """A run of tiny steps: 2 examples of <= 64 tokens per step, no held-out split."""
+    base = TrainingConfig(
+        model=str(model_dir),
+        output_dir=out,
+        max_steps=20,
+        micro_batch_size=2,
+        max_seq_len=64,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        validation_fraction=0.0,
+        tensorboard=False,
+        plot=False,
+        seed=0,
+    )
+    return attrs.evolve(base, **changes)
+
+
+SYMPTOMS = ("chest pain", "fever and cough", "headache", "ankle swelling", "breathlessness")
+
+
+def small_data(n: int = 16, start: int = 0) -> ClinicalDataset:
+    """Short chats (about 55 tokens each with the tiny tokenizer), so steps are quick."""
+    records = []
+    for i in range(start, start + n):
+        symptom = SYMPTOMS[i % len(SYMPTOMS)]
+        user = f"Patient {i} reports {symptom} for {i + 1} days. Summarise."
+        reply = f"{symptom.capitalize()} for {i + 1} days; examine and review in one week."
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+        )
+    return ClinicalDataset.from_records(records)
+
+
+def adapter_weights(adapter_dir: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(adapter_dir / "adapter_model.safetensors")
+
+
+def max_abs_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_loop import small_data
+from medlora import QLoRATrainer, TrainingConfig
+
+class StallAfterCheckpoint:
+    def on_save(self, step, path):
+        Path(sys.argv[2]).write_text(str(step))
+        time.sleep(600)  # the test kills this process here
+
+config = TrainingConfig.from_file(sys.argv[1])
+QLoRATrainer(config, dataset=small_data(), callbacks=[StallAfterCheckpoint()]).train(progress=False)
+"""
+
+
+def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # LoRA dropout stays at its default 0.05: the restored RNG states make it replay exactly.
+    straight = small_config(tiny_model_dir, tmp_path / "straight", save_every=10)
+    reference = QLoRATrainer(straight, dataset=small_data()).train(progress=False)
+
+    resumed_cfg = small_config(tiny_model_dir, tmp_path / "killed", save_every=10)
+    (tmp_path / "killed.json").write_text(json.dumps(resumed_cfg.to_dict(), default=str))
+    (tmp_path / "run.py").write_text(textwrap.dedent(KILLED_RUN))
+    marker = tmp_path / "checkpoint-landed"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "run.py"),
+            str(tmp_path / "killed.json"),
+            str(marker),
+            HERE,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert marker.read_text() == "10"
+    assert not (tmp_path / "killed" / "adapter").exists()  # the killed run never finished
+
+    result = QLoRATrainer(resumed_cfg, dataset=small_data()).train(progress=False, resume=True)
+    assert result.resumed_from_step == 10 and result.steps == 20
+    diff = max_abs_diff(adapter_weights(reference.adapter_dir), adapter_weights(result.adapter_dir))
+    assert diff <= 1e-6, diff
+    assert result.train_losses == pytest.approx(reference.train_losses, abs=1e-6)
+    steps = [json.loads(line)["step"] for line in (result.run_dir / "log.jsonl").open()]
+    assert steps == list(range(1, 21))
+    assert [p.name for p in result.checkpoints] == ["step-0000010", "step-0000020"]
+
+
+class InterruptAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, step: int, logs: Mapping[str, float]) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = small_config(tiny_model_dir, tmp_path, max_steps=5, keep_checkpoints=1)
+    with pytest.raises(KeyboardInterrupt):
+        QLoRATrainer(config, dataset=small_data(), callbacks=[InterruptAt(3)]).train(progress=False)
+    checkpoint = tmp_path / "checkpoints" / "step-0000003"
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 3
+    assert not (tmp_path / "adapter").exists()
+
+    result = QLoRATrainer(attrs.evolve(config, resume=True), dataset=small_data()).train(
+        progress=False
+    )
+    assert result.resumed_from_step == 3 and result.steps == 5 and len(result.train_losses) == 5
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # min_delta is larger than any change, so only the first evaluation counts as better:
+    # evaluations at steps 2 and 3 do not improve, patience 2 stops the run after step 3.
+    config = small_config(
+        tiny_model_dir,
+        tmp_path / "stopped",
+        max_steps=10,
+        eval_every=1,
+        early_stopping_patience=2,
+        early_stopping_min_delta=10.0,
+        tensorboard=True,
+        plot=True,
+    )
+    held_out = small_data(4, start=40)
+    result = QLoRATrainer(config, dataset=small_data(), eval_dataset=held_out).train(progress=False)
+    assert result.stopped_early and result.steps == 3 and result.best_step == 1
+    assert result.final_eval_loss == pytest.approx(result.best_eval_loss, abs=1e-6)
+    meta = json.loads((result.run_dir / "medlora.json").read_text())
+    assert meta["adapter"] == {"source": "best", "step": 1}
+    assert meta["metrics"]["stopped_early"] is True and meta["metrics"]["best_step"] == 1
+    log = [json.loads(line) for line in (result.run_dir / "log.jsonl").open()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all("eval_perplexity" in r for r in log)
+    assert (result.run_dir / "loss.png").stat().st_size > 1000
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    # The kept adapter is the step-1 adapter: a 1-step run with the same seed gives it too.
+    # (Evaluations must not change training: bitsandbytes would repack CPU 4-bit weights on
+    # the first eval forward and lose gradients afterwards; `again` evaluates, `one` not.)
+    one = small_config(tiny_model_dir, tmp_path / "one", max_steps=1, warmup_steps=0)
+    stopped_first_lr = attrs.evolve(config, warmup_steps=0, output_dir=tmp_path / "again")
+    a = QLoRATrainer(one, dataset=small_data()).train(progress=False)
+    b = QLoRATrainer(stopped_first_lr, dataset=small_data(), eval_dataset=held_out).train(
+        progress=False
+    )
+    assert b.best_step == 1
+    assert max_abs_diff(adapter_weights(a.adapter_dir), adapter_weights(b.adapter_dir)) <= 1e-6
+
+
+def test_cuda_oom_becomes_out_of_memory_error_with_advice(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    trainer = QLoRATrainer(
+        small_config(tiny_model_dir, tmp_path, max_steps=2), dataset=small_data()
+    )
+    trainer.setup()
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer.model, "forward", out_of_memory)
+    with pytest.raises(OutOfMemoryError, match="lower micro_batch_size") as info:
+        trainer.train(progress=False)
+    assert isinstance(info.value, MemoryError)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert "gradient_checkpointing: on" in str(info.value) and "max_seq_len" in str(info.value)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_paged_8bit_adamw_on_cpu_is_a_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = small_config(tiny_model_dir, tmp_path, optimizer="paged_adamw_8bit")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU") as info:
+        QLoRATrainer(config, dataset=small_data()).train(progress=False)
+    assert info.value.field == "optimizer"
+
+
+def test_loop_config_rules(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="set eval_every") as info:
+        small_config(tiny_model_dir, tmp_path, early_stopping_patience=2)
+    assert info.value.field == "early_stopping_patience"
+    with pytest.raises(ConfigError):
+        small_config(tiny_model_dir, tmp_path, optimizer="sgd")
+
+
+@pytest.mark.gpu
+def test_paged_8bit_adamw_trains_on_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = small_config(tiny_model_dir, tmp_path, max_steps=4, optimizer="paged_adamw_8bit")
+    result = QLoRATrainer(config, dataset=small_data()).train(progress=False)
+    assert result.steps == 4 and all(map(lambda x: x == x, result.train_losses))

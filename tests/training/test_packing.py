@@ -1,0 +1,53 @@
+"""Packed training: the same loss as padded batches, with far fewer padding tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medlora import ClinicalDataset, QLoRATrainer, TrainingConfig
+from medlora.data import collate, collate_packed
+from medlora.training._loss import causal_lm_loss
+
+
+def test_packed_batch_has_the_same_loss_as_padded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    trainer = QLoRATrainer(TrainingConfig(model=str(tiny_model_dir), output_dir=tmp_path))
+    trainer.setup()
+    examples = ClinicalDataset.default().tokenize(trainer.tokenizer, max_seq_len=1024)[:3]
+    assert all(any(label != -100 for label in e.labels) for e in examples)
+    pad = trainer.tokenizer.pad_token_id
+    head = trainer.model.get_output_embeddings()
+    with torch.no_grad():
+        padded, n_padded = causal_lm_loss(
+            trainer.model, head, collate(examples, pad_id=pad), chunk_tokens=0
+        )
+        packed, n_packed = causal_lm_loss(
+            trainer.model, head, collate_packed([examples], pad_id=pad), chunk_tokens=0
+        )
+    assert n_packed == n_padded
+    # Only float32 summation order differs between the two layouts.
+    assert abs(float(packed) - float(padded)) < 1e-4 * float(padded)
+
+
+def test_packed_run_trains_on_fewer_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = TrainingConfig(
+        model=str(tiny_model_dir),
+        output_dir=tmp_path,
+        max_steps=6,
+        micro_batch_size=2,
+        max_seq_len=512,
+        learning_rate=3e-3,
+        packing=True,
+        seed=0,
+    )
+    trainer = QLoRATrainer(config)
+    result = trainer.train(progress=False)
+    assert result.final_eval_loss < result.initial_eval_loss
+    logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    examples = ClinicalDataset.default().tokenize(trainer.tokenizer, max_seq_len=512)
+    mean = sum(sum(label != -100 for label in e.labels) for e in examples) / len(examples)
+    # Each packed row holds several examples: a step's 2 rows carry well over the supervised
+    # tokens of 2 average examples (the unpacked micro-batch). Measured: 389 vs 2 x 115.
+    assert logs[-1]["tokens"] / 6 > 1.5 * 2 * mean
