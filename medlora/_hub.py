@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from medlora._errors import ModelLoadError
+from medlora._io import write_json
 
 
 def _offline() -> bool:
@@ -60,12 +63,51 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return Path(local)
 
 
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+"""The tokenizer files copied beside every adapter and merged export."""
+
+
+def mark_llama_cpp_compatible(directory: Path) -> None:
+    """Set ``"legacy": true`` in ``directory/tokenizer_config.json``.
+
+    llama.cpp tokenizes the text after a special token (``</s>`` between chat turns) with a
+    leading ``▁``, as SentencePiece does; transformers 5's Llama tokenizer does so only with
+    ``legacy=True``. medlora trains with ``legacy=True`` (see :func:`load_tokenizer`) and marks
+    every tokenizer it writes, so training, vLLM and llama.cpp see the same ids.
+    """
+    path = directory / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("legacy") is not True:
+        config["legacy"] = True
+        write_json(path, config)
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files of ``src`` into ``dst``, marked as in training."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    mark_llama_cpp_compatible(dst)
+
+
 def load_tokenizer(model_dir: Path) -> Any:
-    """The model's fast tokenizer, with pad set to EOS when it has none (TinyLlama's choice)."""
+    """The model's fast tokenizer, with pad set to EOS when it has none (TinyLlama's choice).
+
+    Loaded with ``legacy=True`` so chat prompts tokenize exactly as llama.cpp tokenizes them
+    (see :func:`mark_llama_cpp_compatible`).
+    """
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, legacy=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer in {model_dir}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):

@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     quick = sub.add_parser("quickstart", help="run the whole chain on the embedded default")
     quick.add_argument("--out", default="medlora-quickstart", help="output directory")
-    quick.add_argument("--steps", type=int, default=60, help="QLoRA training steps")
+    quick.add_argument("--steps", type=int, default=160, help="QLoRA training steps")
     quick.add_argument(
-        "--pretrain-steps", type=int, default=80, help="pre-training steps of the tiny base model"
+        "--pretrain-steps", type=int, default=120, help="pre-training steps of the tiny base model"
     )
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_quickstart)

@@ -11,9 +11,10 @@ from typing import Any
 import attrs
 
 from medlora._errors import ExportError
-from medlora._hub import load_tokenizer
+from medlora._hub import copy_tokenizer_files, load_tokenizer
 from medlora._io import atomic_dir, write_json
 from medlora._versions import library_versions
+from medlora.data import render
 from medlora.export._card import model_card, ollama_modelfile
 from medlora.export._config import ExportConfig
 from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
@@ -26,12 +27,12 @@ from medlora.export._parity import (
     generation_stops,
     hf_logits,
     llama_cpp_logits,
+    probe_conversations,
     probe_ids,
     tokenization_report,
 )
 from medlora.export._vllm import adapter_problems, merged_problems
 from medlora.training import QuantizationConfig, TrainingResult
-from medlora.training._trainer import TOKENIZER_FILES
 
 
 @attrs.frozen(kw_only=True)
@@ -142,10 +143,17 @@ class AdapterExporter:
                         )
                 first = next(iter(gguf_files.values()))
                 texts = [
-                    tokenizer.decode(i, skip_special_tokens=False)[len("<s>") :].lstrip()
-                    for i in ids
+                    render(tokenizer, conversation, generation_prompt=True)
+                    for conversation in probe_conversations()
                 ]
-                parity["tokenization"] = tokenization_report(first, tokenizer, texts)
+                report = tokenization_report(first, tokenizer, texts)
+                parity["tokenization"] = report
+                if report["matching"] < report["total"]:
+                    problems.append(
+                        f"llama.cpp tokenizes {report['total'] - report['matching']} of "
+                        f"{report['total']} probe prompts differently from training (see "
+                        "parity.json 'tokenization')"
+                    )
                 problems += [f"GGUF {p}" for p in chat_template_problems(first, tokenizer)]
                 parity["generation"] = {
                     qtype: generation_stops(path) for qtype, path in gguf_files.items()
@@ -238,9 +246,7 @@ class AdapterExporter:
         dtype = getattr(torch, self.config.merged_dtype)
         model.to(dtype).save_pretrained(dst, safe_serialization=True, max_shard_size="2GB")
         model.to(torch.float32)
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copy2(base / name, dst / name)
+        copy_tokenizer_files(base, dst)
         GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

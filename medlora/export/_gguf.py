@@ -148,14 +148,17 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
     if threads is not None:
         params.nthread = int(threads)
+    from medlora.export._llama_cpp import captured_stderr
+
     with _temporary_beside(dst) as tmp:
-        code = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-        )
+        with captured_stderr() as log:
+            code = llama_cpp.llama_model_quantize(
+                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
+            )
         if code != 0:
+            reason = "\n".join(log[-5:]) or "(llama.cpp printed nothing)"
             raise ExportError(
-                f"llama.cpp could not quantize {src} to {name} (return code {code}); its reason "
-                "is printed on stderr"
+                f"llama.cpp could not quantize {src} to {name} (return code {code}):\n{reason}"
             )
     return dst
 

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from medlora._errors import ModelLoadError
 from medlora._optional import require
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Send what C code writes to file descriptor 2 into a list instead of the terminal.
+
+    llama.cpp's quantizer logs every tensor to stderr; callers show the captured text only
+    when something failed. The list is filled when the block exits.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
 
 
 @contextlib.contextmanager
@@ -43,12 +68,17 @@ def open_gguf(
     llama_cpp = require("llama_cpp", "Running GGUF models")
     import llama_cpp.llama as llama_module
 
-    with _no_extra_buffer_types(llama_module):
-        return llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            logits_all=logits_all,
-            n_threads=n_threads,
-            verbose=False,
-            **kwargs,
-        )
+    with _no_extra_buffer_types(llama_module), captured_stderr() as log:
+        try:
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                logits_all=logits_all,
+                n_threads=n_threads,
+                verbose=False,
+                **kwargs,
+            )
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            failure = exc
+    reason = "\n".join(log[-5:])
+    raise ModelLoadError(f"llama.cpp cannot load {path}: {failure}\n{reason}") from failure

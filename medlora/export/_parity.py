@@ -140,10 +140,10 @@ def tokenization_report(path: Path, tokenizer: Any, texts: Sequence[str]) -> dic
     """Compare llama.cpp's tokenization of ``texts`` (``special=True``, as its chat path does)
     with the HF tokenizer's, both ways, naming where they part.
 
-    Known case (measured on the Zephyr template, transformers 5 with ``legacy=False``):
-    llama.cpp's SentencePiece path prepends ``'▁'`` to every text fragment that follows a
-    special token, so ``</s>\n<|user|>`` gains one ``'▁'`` after each ``</s>``; HF with
-    ``legacy=True`` (Metaspace ``prepend_scheme="always"``) does the same.
+    Known case (measured on the Zephyr template): llama.cpp's SentencePiece path prepends
+    ``'▁'`` to every text fragment that follows a special token, so ``</s>\n<|user|>`` gains
+    one ``'▁'`` after each ``</s>``; transformers 5 does the same only with ``legacy=True``,
+    which is how medlora loads and writes tokenizers (``medlora._hub.load_tokenizer``).
 
     Returns:
         ``matching``/``total`` texts, token counts on each side, and up to 8 ``differences``

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 
+from medlora._hub import load_tokenizer, mark_llama_cpp_compatible
 from medlora.testing._tokenizer import train_sentencepiece
 
 
@@ -108,6 +109,8 @@ def make_tiny_llama(
                 shutil.copy2(item, out / item.name)
     tokenizer = AutoTokenizer.from_pretrained(out)
     tokenizer.save_pretrained(out)  # adds tokenizer.json; tokenizer.model stays beside it
+    mark_llama_cpp_compatible(out)  # save_pretrained drops "legacy"; medlora trains with it
+    tokenizer = load_tokenizer(out)
     if len(tokenizer) > spec.vocab_size:
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but spec.vocab_size is {spec.vocab_size}"

@@ -16,26 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from medlora._errors import TrainingError
+from medlora._hub import copy_tokenizer_files
 from medlora._io import atomic_dir, write_json
 
 CHECKPOINTS = "checkpoints"
-TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
-"""The base model's tokenizer files copied beside every saved adapter."""
 
 
 def save_adapter(model: Any, base: Path, target: Path) -> Path:
     """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it."""
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copy2(base / name, tmp / name)
+        copy_tokenizer_files(base, tmp)
         config_path = tmp / "adapter_config.json"
         data = json.loads(config_path.read_text(encoding="utf-8"))
         data["base_model_name_or_path"] = str(base)

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
-from medlora._hub import load_tokenizer, resolve_model
+from medlora._hub import TOKENIZER_FILES, load_tokenizer, resolve_model
 from medlora._io import write_json
 from medlora.data import ClinicalDataset, TokenizedExample, collate, collate_packed
 from medlora.data._tokenize import IGNORE_INDEX
@@ -28,7 +28,6 @@ from medlora.training._callbacks import (
     plot_losses,
     tensorboard_logger,
 )
-from medlora.training._checkpoint import TOKENIZER_FILES
 from medlora.training._config import TrainingConfig
 from medlora.training._loss import causal_lm_loss, supervised_tokens, train_micro_step
 from medlora.training._model import attach_lora, count_4bit_linear, load_base_model
