@@ -158,6 +158,15 @@ def _eval(args: argparse.Namespace) -> int:
     report = compare_models(models, dataset, out, config)
     print(report.markdown())
     print(f"written to {out}/eval.md, eval.json, eval.png")
+    card = export_dir / "README.md"
+    if card.is_file():  # the export's model card carries the comparison from now on
+        from medlora._io import atomic_file
+        from medlora.export._card import with_evaluation
+
+        updated = with_evaluation(card.read_text(encoding="utf-8"), report.markdown())
+        with atomic_file(card) as handle:
+            handle.write(updated)
+        print(f"model card updated: {card}")
     return 0
 
 

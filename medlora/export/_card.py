@@ -133,3 +133,21 @@ def ollama_modelfile(gguf_name: str) -> str:
             "",
         ]
     )
+
+
+def with_evaluation(card: str, table: str) -> str:
+    """``card`` with its ``## Evaluation`` section set to ``table`` (added before the parity
+    section when the card has none yet, replaced when it has one)."""
+    section = (
+        "## Evaluation\n\n"
+        "Held-out records scored the same way for every model (`medlora eval`):\n\n"
+        f"{table.strip()}\n\n"
+    )
+    start = card.find("## Evaluation\n")
+    if start >= 0:
+        end = card.find("\n## ", start + 1)
+        return card[:start] + section + (card[end + 1 :] if end >= 0 else "")
+    anchor = card.find("## Export parity")
+    if anchor < 0:
+        return card.rstrip("\n") + "\n\n" + section
+    return card[:anchor] + section + card[anchor:]

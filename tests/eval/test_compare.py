@@ -105,6 +105,10 @@ def test_cli_eval_writes_table_json_and_chart(
     assert table in capsys.readouterr().out
     rows = json.loads((out / "eval.json").read_text())["rows"]
     assert rows["gguf Q8_0"]["generation_n"] == 1
+    card = (exported.out_dir / "README.md").read_text()
+    assert card.count("## Evaluation") == 1
+    assert table.strip() in card
+    assert card.index("## Evaluation") < card.index("## Export parity")
 
 
 def test_table_markdown_by_hand() -> None:
