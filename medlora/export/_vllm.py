@@ -1,115 +1,175 @@
 """What vLLM needs from an adapter or merged directory, checked without vLLM installed.
 
-vLLM (FACTS: a CUDA-only wheel) serves a merged directory with ``vllm serve DIR`` and a peft
-adapter with ``--enable-lora --lora-modules name=DIR``. Both fail late, on a GPU box, when a
-file is missing; these checks fail the export early instead. Each returns the list of problems
-found (empty when the directory is servable).
+vLLM (a CUDA-only wheel) serves a merged directory with ``vllm serve DIR`` and a peft adapter
+with ``--enable-lora --lora-modules name=DIR``. Both fail late, on a GPU box, when something is
+missing; the exporter runs these checks on every export and ``medlora serve`` before it
+starts vLLM. Each returns the problems found (an empty list when the directory is servable).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+"""Architectures medlora produces and vLLM serves natively."""
 
 VLLM_LORA_MODULES = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
 """Llama modules vLLM's LoRA kernels apply adapters to (it packs qkv and gate/up itself)."""
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_MERGED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-)
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""Values vLLM accepts for ``--max-lora-rank``."""
+
+_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
-def _json(path: Path, problems: list[str]) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
         problems.append(f"{path.name} is missing")
-        return {}
-    except ValueError as exc:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
         problems.append(f"{path.name} is not valid JSON ({exc})")
-        return {}
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path.name} must hold a JSON object")
+        return None
     return data
 
 
-def _pickles(directory: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(directory)) for p in directory.rglob("*") if p.suffix in _PICKLE_SUFFIXES
-    )
+def safetensors_dtypes(path: Path) -> dict[str, str]:
+    """Tensor name -> dtype (``F16``, ``BF16``, ``F32`` ...) from a safetensors header."""
+    with path.open("rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
-def adapter_problems(adapter_dir: Path) -> list[str]:
-    """Why vLLM's ``--enable-lora`` would refuse ``adapter_dir`` (empty list: it would not)."""
-    adapter_dir = Path(adapter_dir)
-    problems: list[str] = []
-    config = _json(adapter_dir / "adapter_config.json", problems)
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        problems.append("adapter_model.safetensors is missing")
-    if pickles := _pickles(adapter_dir):
-        problems.append(f"pickle files {pickles} (vLLM loads safetensors only)")
-    if not config:
-        return problems
-    if config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type {config.get('peft_type')!r} is not LORA")
-    if config.get("modules_to_save"):
-        problems.append(f"modules_to_save {config['modules_to_save']} (vllm#9280)")
-    if config.get("use_dora"):
-        problems.append("use_dora (vLLM has no DoRA kernels)")
-    if unsupported := sorted(_adapted_modules(adapter_dir, config) - VLLM_LORA_MODULES):
-        problems.append(f"adapted modules {unsupported} are not LoRA-servable in vLLM")
-    if not config.get("base_model_name_or_path"):
-        problems.append("base_model_name_or_path is empty")
-    return problems
+def _check_weights(directory: Path, stem: str, problems: list[str]) -> dict[str, str]:
+    """Safetensors only, every shard present; returns tensor -> dtype."""
+    pickles = [
+        p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+    ]
+    if pickles:
+        problems.append(
+            f"pickle weights present ({', '.join(sorted(pickles))}); keep safetensors only"
+        )
+    files = sorted(directory.glob(f"{stem}*.safetensors"))
+    if not files:
+        problems.append(f"no {stem}*.safetensors weights")
+        return {}
+    index = directory / f"{stem}.safetensors.index.json"
+    if len(files) > 1 or index.is_file():
+        data = _read_json(index, problems) or {}
+        wanted = set((data.get("weight_map") or {}).values())
+        missing = sorted(w for w in wanted if not (directory / w).is_file())
+        if missing:
+            problems.append(f"shards named in {index.name} are missing: {', '.join(missing)}")
+    dtypes: dict[str, str] = {}
+    for file in files:
+        try:
+            dtypes.update(safetensors_dtypes(file))
+        except (OSError, ValueError, struct.error) as exc:
+            problems.append(f"{file.name} is not a readable safetensors file ({exc})")
+    return dtypes
 
 
-def _adapted_modules(adapter_dir: Path, config: dict[str, Any]) -> set[str]:
-    """Short names (``q_proj``) of the adapted modules, as vLLM matches them: from the
-    weights when present (what vLLM reads), else from ``target_modules`` (names or paths)."""
-    weights = adapter_dir / "adapter_model.safetensors"
-    if weights.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="np") as handle:
-            keys = list(handle.keys())
-        return {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys if ".lora_" in k}
-    targets = config.get("target_modules") or []
-    names = [targets] if isinstance(targets, str) else targets
-    return {str(t).rsplit(".", 1)[-1] for t in names}
-
-
-def merged_problems(merged_dir: Path) -> list[str]:
-    """Why ``vllm serve merged_dir`` would fail or serve a different model (empty: it would not)."""
-    merged_dir = Path(merged_dir)
-    problems = [f"{name} is missing" for name in _MERGED_FILES if not (merged_dir / name).is_file()]
-    config = _json(merged_dir / "config.json", [])
-    if not config.get("architectures"):
-        problems.append("config.json has no 'architectures'")
-    if config.get("dtype", config.get("torch_dtype")) not in ("float16", "bfloat16", "float32"):
-        problems.append("config.json has no 16/32-bit 'dtype'")
+def _check_merged(directory: Path, problems: list[str]) -> None:
+    config = _read_json(directory / "config.json", problems) or {}
+    arch = config.get("architectures")
+    if not isinstance(arch, list) or len(arch) != 1 or arch[0] not in SUPPORTED_ARCHITECTURES:
+        problems.append(
+            f"config.json architectures = {arch!r}; vLLM needs one of {SUPPORTED_ARCHITECTURES}"
+        )
     if config.get("quantization_config"):
         problems.append("config.json still carries a quantization_config (4-bit leftovers)")
-    shards = sorted(p.name for p in merged_dir.glob("*.safetensors"))
-    index = merged_dir / "model.safetensors.index.json"
-    if not shards:
-        problems.append("no *.safetensors weights")
-    elif len(shards) > 1 or index.is_file():
-        weight_map = _json(index, problems).get("weight_map", {})
-        if sorted(set(weight_map.values())) != shards:
-            problems.append("model.safetensors.index.json does not list exactly the shards present")
-    generation = _json(merged_dir / "generation_config.json", [])
-    if generation.get("eos_token_id") is None:
-        problems.append("generation_config.json has no eos_token_id (generation never stops)")
-    template = (merged_dir / "chat_template.jinja").is_file() or "chat_template" in _json(
-        merged_dir / "tokenizer_config.json", []
+    dtype = config.get("dtype", config.get("torch_dtype"))
+    if dtype not in _DTYPES:
+        problems.append(f"config.json dtype = {dtype!r}; use one of {', '.join(_DTYPES)}")
+    dtypes = _check_weights(directory, "model", problems)
+    if dtypes and dtype in _DTYPES:
+        odd = sorted({d for d in dtypes.values() if d != _DTYPES[dtype]})
+        if odd:
+            problems.append(f"weights hold {', '.join(odd)} tensors but config.json says {dtype}")
+    for name in _TOKENIZER_FILES:
+        if not (directory / name).is_file():
+            problems.append(f"tokenizer file {name} is missing")
+    tok = _read_json(directory / "tokenizer_config.json", []) or {}
+    has_template = (directory / "chat_template.jinja").is_file() or bool(tok.get("chat_template"))
+    if not has_template:
+        problems.append("no chat template (chat_template.jinja): /v1/chat/completions would fail")
+    gen = _read_json(directory / "generation_config.json", problems)
+    if gen is not None and gen.get("eos_token_id") is None:
+        problems.append("generation_config.json has no eos_token_id: generation would not stop")
+
+
+def _check_adapter(directory: Path, problems: list[str]) -> None:
+    config = _read_json(directory / "adapter_config.json", problems) or {}
+    if config.get("peft_type") != "LORA":
+        problems.append(f"peft_type = {config.get('peft_type')!r}; vLLM serves LORA adapters only")
+    if config.get("modules_to_save"):
+        problems.append(
+            f"modules_to_save {config['modules_to_save']!r}: vLLM rejects these adapters "
+            "(vllm#9280): serve the merged directory instead"
+        )
+    if config.get("use_dora"):
+        problems.append("use_dora = true; vLLM cannot serve DoRA adapters: serve the merged model")
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or not targets:
+        problems.append(f"target_modules = {targets!r}; vLLM needs an explicit list of modules")
+    else:
+        # vLLM matches modules by their last name part (``model.layers.0.mlp.up_proj`` ok)
+        odd = sorted({str(t) for t in targets if str(t).split(".")[-1] not in VLLM_LORA_MODULES})
+        if odd:
+            problems.append(f"target_modules {odd} are not supported by vLLM's LoRA for Llama")
+    rank = config.get("r")
+    if not isinstance(rank, int) or not 1 <= rank <= VLLM_LORA_RANKS[-1]:
+        problems.append(f"r = {rank!r}; vLLM supports ranks 1..{VLLM_LORA_RANKS[-1]}")
+    if not config.get("base_model_name_or_path"):
+        problems.append("adapter_config.json names no base_model_name_or_path")
+    tensors = _check_weights(directory, "adapter_model", problems)
+    extra = sorted(t for t in tensors if "lora_A" not in t and "lora_B" not in t)
+    extra += sorted(
+        t
+        for t in tensors
+        if ".lora_" in t and t.split(".lora_")[0].split(".")[-1] not in VLLM_LORA_MODULES
     )
-    if not template:
-        problems.append("no chat template (chat_template.jinja or tokenizer_config.json)")
-    if pickles := _pickles(merged_dir):
-        problems.append(f"pickle files {pickles}")
+    if extra:
+        problems.append(f"non-LoRA tensors in the adapter: {', '.join(extra[:3])}")
+
+
+def adapter_problems(adapter_dir: str | Path) -> list[str]:
+    """Why vLLM's ``--enable-lora`` would refuse ``adapter_dir`` (empty list: it would not)."""
+    problems: list[str] = []
+    _check_adapter(Path(adapter_dir), problems)
     return problems
+
+
+def merged_problems(merged_dir: str | Path) -> list[str]:
+    """Why ``vllm serve merged_dir`` would fail or serve another model (empty: it would not)."""
+    problems: list[str] = []
+    _check_merged(Path(merged_dir), problems)
+    return problems
+
+
+def check_vllm_contract(path: str | Path) -> list[str]:
+    """What would stop vLLM from serving ``path``; an empty list means nothing.
+
+    A merged directory needs a supported architecture, safetensors weights only (all shards
+    present) in the dtype ``config.json`` names, ``tokenizer.json`` + ``tokenizer.model`` +
+    ``tokenizer_config.json``, a chat template and a ``generation_config.json`` with EOS. An
+    adapter needs a LoRA ``adapter_config.json`` with an explicit list of supported target
+    modules, no ``modules_to_save``, no DoRA, a base model, and ``adapter_model.safetensors``.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        return [f"{directory} is not a directory"]
+    if (directory / "adapter_config.json").is_file():
+        return adapter_problems(directory)
+    return merged_problems(directory)
