@@ -18,8 +18,13 @@ import attrs
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
 from medlora._hub import TOKENIZER_FILES, load_tokenizer, resolve_model
 from medlora._io import write_json
-from medlora.data import ClinicalDataset, TokenizedExample, collate, collate_packed
-from medlora.data._tokenize import IGNORE_INDEX
+from medlora.data import (
+    ClinicalDataset,
+    PreparedData,
+    TokenizedExample,
+    collate,
+    collate_packed,
+)
 from medlora.training import _checkpoint as ckpt
 from medlora.training._batches import ExampleOrder, step_batches
 from medlora.training._callbacks import (
@@ -71,20 +76,27 @@ class QLoRATrainer:
             return dataset, self.eval_dataset
         return dataset.split(test_size=cfg.validation_fraction, seed=cfg.seed)
 
-    def _tokenize(self, dataset: ClinicalDataset) -> list[TokenizedExample]:
-        examples = dataset.tokenize(self.tokenizer, max_seq_len=self.config.max_seq_len)
-        kept = [e for e in examples if any(label != IGNORE_INDEX for label in e.labels)]
-        if not kept:
+    def _prepare(self, dataset: ClinicalDataset, run_dir: Path, *, pack: bool) -> PreparedData:
+        """Tokenized (optionally packed) examples, cached in the run directory by fingerprint;
+        examples left with no supervised token are dropped by ``prepare``."""
+        prepared = dataset.prepare(
+            self.tokenizer,
+            max_seq_len=self.config.max_seq_len,
+            pack=pack,
+            cache_dir=run_dir / "data-cache",
+        )
+        if not prepared.examples:
             raise DatasetError(
                 "no example has a supervised token left after truncation; raise max_seq_len"
             )
-        return kept
+        return prepared
 
     def _train_items(
         self, dataset: ClinicalDataset, run_dir: Path
     ) -> tuple[list[Any], Callable[[list[Any]], dict[str, Any]]]:
         """Training items (examples, or packed rows of them) and the function batching them."""
         cfg, pad_id = self.config, self.tokenizer.pad_token_id
+        prepared = self._prepare(dataset, run_dir, pack=cfg.packing)
         if not cfg.packing:
 
             def padded(chunk: list[Any]) -> dict[str, Any]:
@@ -92,10 +104,7 @@ class QLoRATrainer:
                 batch["input_tokens"] = int(batch["attention_mask"].sum())
                 return batch
 
-            return list(self._tokenize(dataset)), padded
-        prepared = dataset.prepare(
-            self.tokenizer, max_seq_len=cfg.max_seq_len, pack=True, cache_dir=run_dir / "data-cache"
-        )
+            return list(prepared.examples), padded
 
         def packed(chunk: list[Any]) -> dict[str, Any]:
             batch: dict[str, Any] = collate_packed(chunk, pad_id=pad_id)
@@ -195,7 +204,11 @@ class QLoRATrainer:
             self.setup(device=acc.device)
         train_set, eval_set = self._datasets()
         train_items, collate_fn = self._train_items(train_set, run_dir)
-        eval_examples = self._tokenize(eval_set) if eval_set is not None and len(eval_set) else []
+        eval_examples = (
+            list(self._prepare(eval_set, run_dir, pack=False).examples)
+            if eval_set is not None and len(eval_set)
+            else []
+        )
         peft_model = self.model
         model = acc.prepare_model(peft_model)  # DDP- (or FSDP-) wrapped under several processes
         params = [p for p in model.parameters() if p.requires_grad]

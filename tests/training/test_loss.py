@@ -26,7 +26,9 @@ def test_chunked_loss_matches_full_logits(tiny_model_dir: Path, tmp_path: Path) 
     trainer = QLoRATrainer(config)
     trainer.setup()
     model = trainer.model
-    examples = trainer._tokenize(small_data(3))
+    examples = list(
+        small_data(3).prepare(trainer.tokenizer, max_seq_len=config.max_seq_len).examples
+    )
     batch = collate(examples, pad_id=trainer.tokenizer.pad_token_id)
     head = model.get_output_embeddings()
     lora = [p for p in model.parameters() if p.requires_grad]
