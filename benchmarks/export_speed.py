@@ -7,14 +7,19 @@ linear layers stands in for a training run. Built once into ``--cache``.
 Steps, each in its own child process (wall time; peak RSS from ``RUSAGE_CHILDREN`` of a
 one-child wrapper, so each figure is that step's own high-water mark):
 
-- medlora: merge the adapter into the 16-bit base and save fp16 safetensors + tokenizer
-  (``merged``), ``write_gguf`` F16 and Q8_0 from the merged directory, ``quantize_gguf``
-  Q4_K_M from the F16 file.
+- medlora: merge the adapter into the base and write fp16 safetensors + tokenizer
+  (``merged``; the exporter's streaming merge, ``write_merged_weights``), ``write_gguf`` F16
+  and Q8_0 from the merged directory, ``quantize_gguf`` Q4_K_M from the F16 file.
+- ``--peft-merge``: also the previous in-memory merge (float32 model, peft
+  ``merge_and_unload``, ``save_pretrained``), for a before/after on the same machine.
+- ``--parity``: also the exporter's whole merge step: trained-model reference logits (4-bit
+  base + adapter) on the 24 probes, then both strategies written and measured from disk.
 - llama.cpp: ``convert_hf_to_gguf.py`` (from the llama-cpp-python sdist) F16 and Q8_0 from the
   same merged directory, ``llama_model_quantize`` Q4_K_M from its F16 file.
 
     python benchmarks/export_speed.py --sdist /tmp/lcp-sdist/llama_cpp_python-0.3.36
     python benchmarks/export_speed.py --layers 2 ...      # quick check at reduced depth
+    python benchmarks/export_speed.py --merge-only --peft-merge --parity   # merge steps only
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
         env={**os.environ, **(env or {})},
         check=False,
     )
+    for detail in (x for x in out.stdout.splitlines() if x.startswith("DETAIL")):
+        print(detail)
     line = next((x for x in out.stdout.splitlines() if x.startswith("MEASURED")), None)
     if line is None or line.split()[1] != "0":
         raise RuntimeError(f"{cmd[:3]} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
@@ -88,11 +95,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/medlora-bench-export"))
-    parser.add_argument("--sdist", type=Path, required=True, help="unpacked llama-cpp-python sdist")
+    parser.add_argument("--sdist", type=Path, help="unpacked llama-cpp-python sdist")
+    parser.add_argument(
+        "--merge-only", action="store_true", help="only the merge steps (no GGUF, no llama.cpp)"
+    )
+    parser.add_argument("--peft-merge", action="store_true", help="also the in-memory merge")
+    parser.add_argument("--parity", action="store_true", help="also merge + parity (4-bit)")
     parser.add_argument("--shared", type=Path, default=Path(__file__).parents[2] / "shared")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    llama = args.sdist / "vendor/llama.cpp"
+    if args.sdist is None and not args.merge_only:
+        parser.error("--sdist is required unless --merge-only")
     cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
     base, adapter = build(cache, args.layers, args.shared)
@@ -102,20 +115,61 @@ def main() -> None:
     t = args.threads
     steps: dict[str, dict[str, float]] = {}
 
-    steps["medlora merged HF (fp16)"] = measure(
+    if args.peft_merge:
+        steps["medlora merged HF (fp16), in-memory peft merge (before)"] = measure(
+            py(f"""
+            import shutil, torch
+            from pathlib import Path
+            from medlora._hub import copy_tokenizer_files
+            from medlora.export._merge import merged_model
+            m = merged_model(Path({str(base)!r}), Path({str(adapter)!r}), strategy="original",
+                             quant=None)
+            m.to(torch.float16).save_pretrained({str(out / "merged-peft")!r}, max_shard_size="2GB")
+            copy_tokenizer_files(Path({str(base)!r}), Path({str(out / "merged-peft")!r}))
+            """)
+        )
+    steps["medlora merged HF (fp16), streamed"] = measure(
         py(f"""
-        import shutil, torch
+        import shutil
         from pathlib import Path
-        from medlora.export._merge import merged_model
-        from medlora.training._trainer import TOKENIZER_FILES
-        m = merged_model(Path({str(base)!r}), Path({str(adapter)!r}), strategy="original",
-                         quant=None)
-        m.to(torch.float16).save_pretrained({str(merged)!r}, max_shard_size="2GB")
-        for n in TOKENIZER_FILES:
-            if (Path({str(base)!r}) / n).is_file():
-                shutil.copy2(Path({str(base)!r}) / n, Path({str(merged)!r}) / n)
+        from medlora._hub import copy_tokenizer_files
+        from medlora.export._merge import write_merged_weights
+        shutil.rmtree({str(merged)!r}, ignore_errors=True)
+        write_merged_weights(Path({str(base)!r}), Path({str(adapter)!r}), Path({str(merged)!r}),
+                             strategy="original", quant=None, dtype="float16")
+        copy_tokenizer_files(Path({str(base)!r}), Path({str(merged)!r}))
         """)
     )
+    if args.parity:
+        steps["medlora merge + parity (4-bit reference, 2 strategies)"] = measure(
+            py(f"""
+            import shutil
+            from pathlib import Path
+            from medlora import AdapterExporter, ExportConfig
+            from medlora._hub import load_tokenizer
+            from medlora.export._merge import load_trained, release_memory
+            from medlora.export._parity import hf_logits, probe_ids
+            from medlora.training import QuantizationConfig
+            base, adapter, quant = Path({str(base)!r}), Path({str(adapter)!r}), QuantizationConfig()
+            tokenizer = load_tokenizer(base)
+            ids = probe_ids(tokenizer)
+            def peak(): return open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+            reference = hf_logits(load_trained(base, adapter, quant), ids)
+            release_memory()
+            print("DETAIL peak RSS after the 4-bit reference:", int(peak()) / 1e6, "GB")
+            dst = Path({str(out / "parity")!r}) / "merged"
+            shutil.rmtree(dst.parent, ignore_errors=True)
+            dst.parent.mkdir()
+            exporter = AdapterExporter(dst.parent, ExportConfig())
+            strategy, logits, measured = exporter._merge(base, adapter, quant, ids, reference, dst,
+                                                         tokenizer)
+            print("DETAIL positions", sum(len(s) for s in ids), "kept", strategy, measured)
+            """)
+        )
+    if args.merge_only:
+        report(args, steps, out, sum(p.stat().st_size for p in merged.glob("*.safetensors")))
+        return
+    llama = args.sdist / "vendor/llama.cpp"
     for qtype in ("F16", "Q8_0"):
         steps[f"medlora GGUF {qtype}"] = measure(
             py(f"""
@@ -154,19 +208,27 @@ def main() -> None:
             {str(out / "llama-Q4_K_M.gguf")!r}.encode(), ctypes.byref(p)) == 0
         """)
     )
-    f16_gb = (out / "medlora-F16.gguf").stat().st_size / 1e9
+    report(args, steps, out, (out / "medlora-F16.gguf").stat().st_size)
+    same = all((out / f"medlora-{q}.gguf").stat().st_size > 0 for q in ("F16", "Q8_0", "Q4_K_M"))
+    print("all medlora files written:", same)
+
+
+def report(
+    args: argparse.Namespace, steps: dict[str, dict[str, float]], out: Path, f16: int
+) -> None:
+    """Print the table (and save it as results.json): RSS against the F16 size in bytes."""
+    f16_gb = f16 / 1e9
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.system()} {platform.release()}; python {platform.python_version()}"
     )
-    print(f"model: TinyLlama-shaped, {args.layers} layers; F16 GGUF {f16_gb:.2f} GB")
-    print(f"{'step':52} {'wall s':>8} {'peak RSS GB':>12} {'x F16':>6}")
+    what = "fp16 safetensors" if args.merge_only else "F16 GGUF"
+    print(f"model: TinyLlama-shaped, {args.layers} layers; {what} {f16_gb:.2f} GB")
+    print(f"{'step':58} {'wall s':>8} {'peak RSS GB':>12} {'x F16':>6}")
     for name, row in steps.items():
         ratio = row["peak_rss_gb"] / f16_gb
-        print(f"{name:52} {row['wall_s']:8.1f} {row['peak_rss_gb']:12.2f} {ratio:6.2f}")
+        print(f"{name:58} {row['wall_s']:8.1f} {row['peak_rss_gb']:12.2f} {ratio:6.2f}")
     (out / "results.json").write_text(json.dumps({"f16_gb": f16_gb, "steps": steps}, indent=1))
-    same = all((out / f"medlora-{q}.gguf").stat().st_size > 0 for q in ("F16", "Q8_0", "Q4_K_M"))
-    print("all medlora files written:", same)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,10 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(f"  merged (vLLM)      {exported.merged_dir}  [merge: {exported.merge_strategy}]")
     for qtype, path in exported.gguf_files.items():
         row = exported.parity["artefacts"][f"gguf {qtype}"]
-        print(f"  GGUF {qtype:<13} {path}  (top-1 agreement {row['top1']:.3f})")
+        print(
+            f"  GGUF {qtype:<13} {path}  (top-1 agreement {row['top1_within_tie']:.3f}"
+            f" counting ties, {row['top1']:.3f} raw)"
+        )
     print(f"  model card         {exported.out_dir / 'README.md'}")
     print(f"  question           {question}")
     print(f"  GGUF answer        {answer!r}")
@@ -91,7 +94,9 @@ def _train(args: argparse.Namespace) -> int:
     from medlora import QLoRATrainer, TrainingConfig
 
     config = TrainingConfig.from_file(args.config)
-    result = QLoRATrainer(config).train(progress=True)
+    result = QLoRATrainer(config).train(progress=True, resume=args.resume)
+    if result.resumed_from_step is not None:
+        print(f"resumed from step {result.resumed_from_step}")
     print(f"held-out loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f}")
     print(f"adapter: {result.adapter_dir}")
     return 0
@@ -109,7 +114,10 @@ def _export(args: argparse.Namespace) -> int:
     result = AdapterExporter(Path(args.run_dir), config).export(out)
     print(f"export written to {result.out_dir}")
     for name, row in result.parity.get("artefacts", {}).items():
-        print(f"  {name:<24} top-1 {row['top1']:.4f}  max|dlogit| {row['max_abs_logit_diff']:.3g}")
+        print(
+            f"  {name:<24} top-1 {row['top1']:.4f} (within ties {row['top1_within_tie']:.4f})"
+            f"  max|dlogit| {row['max_abs_logit_diff']:.3g}"
+        )
     return 0
 
 
@@ -184,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_quickstart)
     train = sub.add_parser("train", help="train an adapter from a YAML/TOML config")
     train.add_argument("config", help="TrainingConfig file (.yaml, .toml or .json)")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from the latest checkpoint in output_dir (fresh start when none)",
+    )
+    resume.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start from step 0 even when output_dir holds checkpoints",
+    )
     train.set_defaults(func=_train)
     export = sub.add_parser("export", help="export a training run (adapter, merged, GGUF)")
     export.add_argument("run_dir", help="output_dir of a finished training run")

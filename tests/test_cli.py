@@ -41,6 +41,21 @@ def test_train_then_export_from_a_yaml_config(
     assert (tmp_path / "run/export/gguf/export-F16.gguf").is_file()
 
 
+def test_train_resume_flag_continues_from_the_latest_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.yaml"
+    body = f"model: {tiny_model_dir}\noutput_dir: {tmp_path / 'run'}\nmax_seq_len: 256\n"
+    config.write_text(body + "max_steps: 2\nsave_every: 2\n")
+    assert main(["train", str(config)]) == 0
+    config.write_text(body + "max_steps: 4\nsave_every: 2\n")
+    assert main(["train", str(config), "--resume"]) == 0
+    assert "resumed from step 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run/medlora.json").read_text())["metrics"]["steps"] == 4
+    assert main(["train", str(config), "--no-resume"]) == 0
+    assert "resumed from" not in capsys.readouterr().out
+
+
 def test_user_errors_exit_2_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from medlora._template import ZEPHYR_CHAT_TEMPLATE
+from medlora._template import ZEPHYR_CHAT_TEMPLATE, strip_leading_bos
 
 IGNORE_INDEX = -100
 """Label value that the loss ignores."""
@@ -44,14 +44,15 @@ def chat_template_of(tokenizer: Any) -> str:
 def render(
     tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool = False
 ) -> str:
-    """Render messages to the exact text the model is trained and served on."""
+    """Render messages to the exact text the model is trained and served on, without the
+    template's leading BOS: tokenizing it (special tokens added) puts ``<s>`` back once."""
     text = tokenizer.apply_chat_template(
         list(messages),
         chat_template=chat_template_of(tokenizer),
         tokenize=False,
         add_generation_prompt=generation_prompt,
     )
-    return str(text)
+    return strip_leading_bos(str(text), tokenizer.bos_token)
 
 
 def _render_zephyr(messages: Sequence[Mapping[str, str]], eos: str) -> str:

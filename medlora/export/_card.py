@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 INTENDED_USE = (
@@ -68,15 +69,18 @@ def model_card(
         "## Export parity",
         "",
         "Every artefact was compared with the trained model (4-bit base + adapter) on probe "
-        "prompts: top-1 next-token agreement over all positions, largest logit difference and "
-        "mean KL divergence.",
+        "prompts: top-1 next-token agreement over all positions (raw, and counting the "
+        "reference's own near-ties as agreement), largest logit difference and mean KL "
+        "divergence.",
         "",
-        "| artefact | top-1 agreement | last-token agreement | max abs logit diff | mean KL |",
-        "|---|---|---|---|---|",
+        "| artefact | top-1 agreement | top-1 within tie | last-token agreement "
+        "| max abs logit diff | mean KL |",
+        "|---|---|---|---|---|---|",
     ]
     for artefact, row in parity.get("artefacts", {}).items():
         lines.append(
-            f"| {artefact} | {row['top1']:.4f} | {row['top1_last']:.4f} | "
+            f"| {artefact} | {row['top1']:.4f} | {row['top1_within_tie']:.4f} "
+            f"| {row['top1_last']:.4f} | "
             f"{row['max_abs_logit_diff']:.4g} | {row['mean_kl']:.3g} |"
         )
     if "tokenization" in parity:
@@ -116,23 +120,44 @@ def _data_card(card: Any) -> list[str]:
     return lines
 
 
-def ollama_modelfile(gguf_name: str) -> str:
-    """An Ollama Modelfile for the Zephyr chat format, stopping at ``</s>``."""
-    return "\n".join(
-        [
-            f"FROM ./{gguf_name}",
+def ollama_modelfile(gguf_name: str, chat_template: str | None = None) -> str:
+    """An Ollama Modelfile for ``gguf_name``, stopping at ``</s>``.
+
+    For medlora's default (Zephyr) chat template the Go ``TEMPLATE`` is written out. Any other
+    template cannot be translated from Jinja reliably, so ``TEMPLATE`` is left out and Ollama
+    uses the template it recognises from the file's ``tokenizer.chat_template``.
+    """
+    from medlora._template import ZEPHYR_CHAT_TEMPLATE, with_leading_bos
+
+    lines = [f"FROM ./{gguf_name}"]
+    zephyr = chat_template is None or with_leading_bos(chat_template) == ZEPHYR_CHAT_TEMPLATE
+    if zephyr:
+        lines += [
             'TEMPLATE """{{ if .System }}<|system|>',
             "{{ .System }}</s>",
             "{{ end }}{{ if .Prompt }}<|user|>",
             "{{ .Prompt }}</s>",
             "{{ end }}<|assistant|>",
             '{{ .Response }}</s>"""',
-            'PARAMETER stop "</s>"',
-            'PARAMETER stop "<|user|>"',
-            "PARAMETER temperature 0.2",
-            "",
         ]
-    )
+    else:
+        lines += [
+            "# No TEMPLATE: the training chat template is not medlora's Zephyr default, and",
+            "# Ollama reads the Jinja template stored in the GGUF (tokenizer.chat_template).",
+        ]
+    lines.append('PARAMETER stop "</s>"')
+    if zephyr:
+        lines.append('PARAMETER stop "<|user|>"')
+    return "\n".join([*lines, "PARAMETER temperature 0.2", ""])
+
+
+def write_modelfiles(dst: Path, gguf_files: dict[str, Path], chat_template: str) -> None:
+    """``Modelfile`` (Q4_K_M when written, else the first type) and one ``NAME-TYPE.Modelfile``
+    beside each GGUF in ``dst``, for ``ollama create -f``."""
+    default = gguf_files.get("Q4_K_M", next(iter(gguf_files.values())))
+    (dst / "Modelfile").write_text(ollama_modelfile(default.name, chat_template))
+    for path in gguf_files.values():
+        (dst / f"{path.stem}.Modelfile").write_text(ollama_modelfile(path.name, chat_template))
 
 
 def with_evaluation(card: str, table: str) -> str:

@@ -14,22 +14,18 @@ from medlora._errors import ExportError
 from medlora._hub import copy_tokenizer_files, load_tokenizer
 from medlora._io import atomic_dir, write_json
 from medlora._versions import library_versions
-from medlora.data import render
-from medlora.export._card import model_card, ollama_modelfile
+from medlora.data._tokenize import chat_template_of
+from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
 from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
+from medlora.export._gguf_checks import check_gguf_files
 from medlora.export._gguf_lora import write_lora_gguf
-from medlora.export._merge import load_trained, merged_model
+from medlora.export._merge import load_trained, load_upcast, release_memory, write_merged_weights
 from medlora.export._parity import (
     Agreement,
-    chat_template_problems,
     compare,
-    generation_stops,
     hf_logits,
-    llama_cpp_logits,
-    probe_conversations,
     probe_ids,
-    tokenization_report,
 )
 from medlora.export._vllm import adapter_problems, merged_problems
 from medlora.training import QuantizationConfig, TrainingResult
@@ -114,10 +110,14 @@ class AdapterExporter:
                     f"gguf/{lora.name}"
                 )
             reference = hf_logits(load_trained(base, adapter_src, quant), ids)
+            release_memory()  # the 4-bit model is gone before any merge starts
             strategy = None
-            merged = None
+            merged_logits: list[Any] = []
             if "merged" in cfg.formats or "gguf" in cfg.formats:
-                strategy, merged, measured = self._merge(base, adapter_src, quant, ids, reference)
+                merged_dir = tmp / "merged"
+                strategy, merged_logits, measured = self._merge(
+                    base, adapter_src, quant, ids, reference, merged_dir, tokenizer
+                )
                 parity["merge"] = measured
                 limit = cfg.merge_kl_limit(strategy)
                 if measured[strategy]["mean_kl"] > limit:
@@ -126,45 +126,26 @@ class AdapterExporter:
                         f" > {limit:g} (max_merge_kl)"
                     )
                 parity["artefacts"][f"merged ({strategy})"] = measured[strategy]
-                merged_dir = self._write_merged(merged, tmp / "merged", base, tokenizer)
                 files["merged safetensors (vLLM)"] = "merged/"
             gguf_files: dict[str, Path] = {}
             if "gguf" in cfg.formats and merged_dir is not None:
-                merged_logits = hf_logits(merged, ids)
                 gguf_files = self._write_gguf(merged_dir, tmp / "gguf", name, base)
                 for qtype, path in gguf_files.items():
                     files[f"GGUF {qtype} (llama.cpp)"] = f"gguf/{path.name}"
-                    agreement = compare(merged_logits, llama_cpp_logits(path, ids))
-                    parity["artefacts"][f"gguf {qtype}"] = agreement.to_dict()
-                    if agreement.top1 < cfg.threshold(qtype):
-                        problems.append(
-                            f"GGUF {qtype} top-1 agreement {agreement.top1:.4f} < "
-                            f"{cfg.threshold(qtype)}"
-                        )
-                first = next(iter(gguf_files.values()))
-                texts = [
-                    render(tokenizer, conversation, generation_prompt=True)
-                    for conversation in probe_conversations()
-                ]
-                report = tokenization_report(first, tokenizer, texts)
-                parity["tokenization"] = report
-                if report["matching"] < report["total"]:
-                    problems.append(
-                        f"llama.cpp tokenizes {report['total'] - report['matching']} of "
-                        f"{report['total']} probe prompts differently from training (see "
-                        "parity.json 'tokenization')"
-                    )
-                problems += [f"GGUF {p}" for p in chat_template_problems(first, tokenizer)]
-                parity["generation"] = {
-                    qtype: generation_stops(path) for qtype, path in gguf_files.items()
-                }
-                (tmp / "gguf" / "Modelfile").write_text(
-                    ollama_modelfile(gguf_files.get("Q4_K_M", first).name)
+                problems += check_gguf_files(
+                    gguf_files,
+                    ids=ids,
+                    merged_logits=merged_logits,
+                    merged_dir=merged_dir,
+                    tokenizer=tokenizer,
+                    config=cfg,
+                    parity=parity,
                 )
+                write_modelfiles(tmp / "gguf", gguf_files, chat_template_of(tokenizer))
                 if "merged" not in cfg.formats:
                     shutil.rmtree(tmp / "merged")
                     merged_dir = None
-            del merged
+            del merged_logits, reference
             parity["vllm"] = self._check_vllm(
                 tmp / "adapter" if adapter_dir else None, tmp / "merged" if merged_dir else None
             )
@@ -222,30 +203,60 @@ class AdapterExporter:
         quant: QuantizationConfig | None,
         ids: list[list[int]],
         reference: list[Any],
-    ) -> tuple[str, Any, dict[str, dict[str, float]]]:
-        """Merge by each candidate strategy; keep the one with the lowest KL to training."""
+        dst: Path,
+        tokenizer: Any,
+    ) -> tuple[str, list[Any], dict[str, dict[str, float]]]:
+        """Write each candidate strategy's merged directory and measure it as it ships.
+
+        Each candidate is written in ``merged_dtype`` and measured against training from that
+        directory (16-bit storage, float32 compute: :func:`load_upcast`); the lowest-KL one
+        becomes ``dst``, the others are deleted. Returns the strategy, the kept directory's
+        logits on ``ids`` (the reference for the GGUF files; empty when no GGUF is written)
+        and every candidate's agreement. ``nf4-roundtrip`` is measured last, so its logits,
+        the usual winner's, need no second pass; at most one candidate's logits are held.
+        """
         wanted = self.config.merge_strategy
         candidates = ["original", "nf4-roundtrip"] if wanted == "auto" else [wanted]
         if quant is None:
             candidates = ["original"]
         measured: dict[str, dict[str, float]] = {}
-        best: tuple[float, str, Any] | None = None
+        best: tuple[float, str] | None = None
+        logits: list[Any] = []
         for strategy in candidates:
-            model = merged_model(base, adapter, strategy=strategy, quant=quant)
-            agreement: Agreement = compare(reference, hf_logits(model, ids))
+            path = dst.with_name(f".merged-{strategy}")
+            self._write_merged(base, adapter, quant, strategy, path, tokenizer)
+            logits = []  # the previous candidate's logits go before this one's are made
+            logits = _logits_of(path, ids)
+            agreement: Agreement = compare(reference, logits)
             measured[strategy] = agreement.to_dict()
             if best is None or agreement.mean_kl < best[0]:
-                best = (agreement.mean_kl, strategy, model)
+                if best is not None:
+                    shutil.rmtree(dst.with_name(f".merged-{best[1]}"))
+                best = (agreement.mean_kl, strategy)
+            else:
+                shutil.rmtree(path)
         assert best is not None
-        return best[1], best[2], measured
+        dst.with_name(f".merged-{best[1]}").rename(dst)
+        if "gguf" not in self.config.formats:
+            return best[1], [], measured
+        if best[1] != candidates[-1]:
+            logits = _logits_of(dst, ids)
+        return best[1], logits, measured
 
-    def _write_merged(self, model: Any, dst: Path, base: Path, tokenizer: Any) -> Path:
-        import torch
+    def _write_merged(
+        self,
+        base: Path,
+        adapter: Path,
+        quant: QuantizationConfig | None,
+        strategy: str,
+        dst: Path,
+        tokenizer: Any,
+    ) -> Path:
         from transformers import GenerationConfig
 
-        dtype = getattr(torch, self.config.merged_dtype)
-        model.to(dtype).save_pretrained(dst, safe_serialization=True, max_shard_size="2GB")
-        model.to(torch.float32)
+        write_merged_weights(
+            base, adapter, dst, strategy=strategy, quant=quant, dtype=self.config.merged_dtype
+        )
         copy_tokenizer_files(base, dst)
         GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
@@ -301,6 +312,14 @@ class AdapterExporter:
         if "F16" not in self.config.gguf_types:
             intermediate.unlink()
         return out
+
+
+def _logits_of(model_dir: Path, ids: list[list[int]]) -> list[Any]:
+    """Float32 logits of a saved merged model, loaded in its stored dtype; freed after."""
+    release_memory()  # what the merge freed, before the 16-bit model comes in
+    logits = hf_logits(load_upcast(model_dir), ids)
+    release_memory()
+    return logits
 
 
 def _check_free_space(out_dir: Path, base: Path) -> None:

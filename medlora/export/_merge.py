@@ -7,6 +7,8 @@ default). Which one reproduces the trained model better is measured, not assumed
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,54 @@ def load_trained(base_dir: Path, adapter_dir: Path, quant: QuantizationConfig | 
     """The model as it was trained: the (4-bit) base with the adapter applied, in eval mode."""
     from peft import PeftModel
 
-    base = load_base_model(base_dir, quant)
+    with read_without_mmap():
+        base = load_base_model(base_dir, quant)
     return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``).
+
+    After a model is freed, glibc keeps much of its memory for reuse: measured 0.76 GB still
+    resident after freeing the 4-bit 1.1B reference, returned by ``malloc_trim``. Elsewhere
+    (other C libraries) this only collects garbage.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def read_without_mmap() -> Iterator[None]:
+    """While loading, make transformers read safetensors with ``pread``, not a memory map.
+
+    transformers maps each checkpoint file and reads its tensors through the map: every page
+    read stays resident until loading ends, and tensors whose dtype already matches keep
+    aliasing the map. Measured on the 4-bit 1.1B reference from a float32 base: 5.07 GB peak
+    RSS, 4.4 GB of it file pages. safetensors' ``pread`` backend (what transformers itself
+    uses on Windows) reads each tensor into memory of its own, so quantized weights' source
+    pages are freed as loading goes. Loading is otherwise unchanged (tested).
+    """
+    import transformers.modeling_utils as modeling_utils
+
+    original = getattr(modeling_utils, "safe_open", None)
+    if original is None:  # another transformers layout: keep its default
+        yield
+        return
+
+    def pread_open(filename: Any, framework: str, device: Any = "cpu", backend: Any = None) -> Any:
+        if str(device) == "cpu":
+            backend = "pread"
+        return original(filename, framework=framework, device=device, backend=backend)
+
+    modeling_utils.safe_open = pread_open
+    try:
+        yield
+    finally:
+        modeling_utils.safe_open = original
 
 
 def nf4_roundtrip_(model: Any, quant: QuantizationConfig) -> int:
@@ -61,3 +109,90 @@ def merged_model(
         nf4_roundtrip_(base, quant or QuantizationConfig())
     model = PeftModel.from_pretrained(base, adapter_dir)
     return model.merge_and_unload().eval()
+
+
+def write_merged_weights(
+    base_dir: Path,
+    adapter_dir: Path,
+    dst: Path,
+    *,
+    strategy: str,
+    quant: QuantizationConfig | None,
+    dtype: str,
+) -> str:
+    """Write the merged weights and ``config.json`` into ``dst``; returns the path taken.
+
+    ``"streamed"``: plain LoRA adapters are merged tensor by tensor from disk to disk
+    (:func:`~medlora.export._stream_merge.stream_merge`; peak memory about one float32
+    matrix). ``"peft"``: adapters using what the streaming merge does not handle (DoRA,
+    ``modules_to_save``, ``alpha_pattern``, ...) go through :func:`merged_model` and
+    ``save_pretrained`` instead, which holds the model in float32.
+    """
+    import gc
+
+    import torch
+
+    from medlora.export._stream_merge import MAX_SHARD_SIZE, stream_merge, unsupported_features
+
+    if not unsupported_features(adapter_dir):
+        stream_merge(base_dir, adapter_dir, dst, strategy=strategy, quant=quant, dtype=dtype)
+        return "streamed"
+    model = merged_model(base_dir, adapter_dir, strategy=strategy, quant=quant)
+    model.to(getattr(torch, dtype)).save_pretrained(
+        dst, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE
+    )
+    del model
+    gc.collect()
+    return "peft"
+
+
+UPCAST_CHUNK_BYTES = 16 * 2**20
+"""Largest float32 copy of a weight :func:`load_upcast` makes at once (row chunks)."""
+
+
+def load_upcast(model_dir: Path) -> Any:
+    """Load a saved model keeping its stored 16-bit weights, but computing in float32.
+
+    Linear layers multiply by a float32 copy of their weight made per call, in row chunks of
+    at most :data:`UPCAST_CHUNK_BYTES` (the language-model head would otherwise need a full
+    float32 copy); embedding outputs are cast to float32 (a lookup commutes with the cast);
+    other 16-bit parameters (norms) are parametrized to float32. The logits equal those of
+    loading the directory as float32 (tested) while memory holds the 16-bit weights only.
+    """
+    import types
+
+    import torch
+    from torch.nn.utils import parametrize
+    from transformers import AutoModelForCausalLM
+
+    class Upcast(torch.nn.Module):
+        def forward(self, stored: Any) -> Any:
+            return stored.float()
+
+    def float_output(_module: Any, _inputs: Any, output: Any) -> Any:
+        return output.float()
+
+    def linear_fp32(self: Any, x: Any) -> Any:
+        weight, bias = self.weight, self.bias
+        rows = max(1, UPCAST_CHUNK_BYTES // (4 * weight.shape[1]))
+        parts = [
+            torch.nn.functional.linear(
+                x.float(),
+                weight[i : i + rows].float(),
+                None if bias is None else bias[i : i + rows].float(),
+            )
+            for i in range(0, weight.shape[0], rows)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.Embedding):
+            module.register_forward_hook(float_output)
+        elif isinstance(module, torch.nn.Linear):
+            module.forward = types.MethodType(linear_fp32, module)  # type: ignore[method-assign]
+        else:
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.is_floating_point() and param.dtype != torch.float32:
+                    parametrize.register_parametrization(module, name, Upcast(), unsafe=True)
+    return model.eval()

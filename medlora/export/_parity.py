@@ -91,14 +91,25 @@ def llama_cpp_logits(path: Path, ids: Sequence[Sequence[int]]) -> list[Any]:
     return out
 
 
+DEFAULT_TIE_TOLERANCE = 0.1
+"""Reference log-probability gap, in nats, below which two tokens count as tied (0.1 nats: the
+two probabilities lie within 10.5% of each other, so sampling picks either almost as often)."""
+
+
 @attrs.frozen(kw_only=True)
 class Agreement:
     """How closely one model's next-token distributions follow a reference's."""
 
     top1: float
-    """Share of positions where both pick the same most likely token."""
+    """Share of positions where both pick the same most likely token (raw, no tie allowance)."""
+    top1_within_tie: float
+    """Share of positions where the candidate's most likely token is the reference's, or one
+    the reference itself scores within ``tie_tolerance`` nats of its best: a position whose
+    reference is a near coin-flip between two tokens is not counted as a disagreement."""
+    tie_tolerance: float
+    """The tie allowance used for ``top1_within_tie``, in nats."""
     top1_last: float
-    """Share of probes whose last position (the first generated token) agrees."""
+    """Share of probes whose last position (the first generated token) agrees (raw)."""
     max_abs_logit_diff: float
     """Largest absolute logit difference at any position."""
     mean_kl: float
@@ -111,17 +122,32 @@ class Agreement:
         return attrs.asdict(self)
 
 
-def compare(reference: Sequence[Any], candidate: Sequence[Any]) -> Agreement:
-    """Compare two lists of (seq, vocab) logits position by position."""
+def compare(
+    reference: Sequence[Any],
+    candidate: Sequence[Any],
+    *,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+) -> Agreement:
+    """Compare two lists of (seq, vocab) logits position by position.
+
+    Args:
+        reference: The model the candidate should reproduce.
+        candidate: The exported model's logits for the same token ids.
+        tie_tolerance: Reference log-probability gap (nats) under which the candidate's pick
+            still counts for ``top1_within_tie``; 0 makes it equal to raw ``top1``.
+    """
     import torch
 
-    same = last = total = 0
+    same = within = last = total = 0
     max_diff, kl_sum = 0.0, 0.0
     for ref, cand in zip(reference, candidate, strict=True):
         vocab = min(ref.shape[-1], cand.shape[-1])
         ref, cand = ref[:, :vocab].double(), cand[:, :vocab].double()
-        same += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-        last += int(ref[-1].argmax() == cand[-1].argmax())
+        picked = cand.argmax(-1)
+        same += int((ref.argmax(-1) == picked).sum())
+        gap = ref.max(-1).values - ref.gather(-1, picked[:, None])[:, 0]  # >= 0, in nats
+        within += int((gap <= tie_tolerance).sum())
+        last += int(ref[-1].argmax() == picked[-1])
         total += ref.shape[0]
         max_diff = max(max_diff, float((ref - cand).abs().max()))
         p = torch.log_softmax(ref, -1)
@@ -129,6 +155,8 @@ def compare(reference: Sequence[Any], candidate: Sequence[Any]) -> Agreement:
         kl_sum += float((p.exp() * (p - q)).sum())
     return Agreement(
         top1=same / total,
+        top1_within_tie=within / total,
+        tie_tolerance=tie_tolerance,
         top1_last=last / len(reference),
         max_abs_logit_diff=max_diff,
         mean_kl=kl_sum / total,
@@ -181,27 +209,129 @@ def tokenization_report(path: Path, tokenizer: Any, texts: Sequence[str]) -> dic
     }
 
 
-def generation_stops(path: Path, n: int = 3, max_tokens: int = 96) -> dict[str, Any]:
-    """Greedy chats through llama.cpp's own chat path (the template embedded in the file):
-    how many end with ``finish_reason == "stop"`` (EOS) rather than running to ``max_tokens``."""
+def chat_path_report(path: Path, tokenizer: Any, n: int = 8) -> dict[str, Any]:
+    """Do llama-cpp-python's chat handler's prompt ids equal training's?
+
+    ``create_chat_completion`` (and so ``medlora serve``) renders the template stored in the
+    file with its own Jinja formatter and tokenizes the result without adding BOS; the ids
+    must be exactly those medlora trained on (:func:`probe_ids`). A template that does not
+    emit ``bos_token`` fails here (measured: one token short, every probe).
+    """
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
     from medlora.export._llama_cpp import open_gguf
 
-    llm = open_gguf(path, n_ctx=512)
-    reasons, lengths = [], []
+    expected = probe_ids(tokenizer, n)
+    llm = open_gguf(path, n_ctx=64, vocab_only=True)
+    mismatched = []
     try:
-        for conversation in probe_conversations(n):
-            reply = llm.create_chat_completion(
-                messages=conversation, max_tokens=max_tokens, temperature=0.0
+        formatter = Jinja2ChatFormatter(
+            template=llm.metadata.get("tokenizer.chat_template", ""),
+            eos_token=tokenizer.eos_token or "",
+            bos_token=tokenizer.bos_token or "",
+        )
+        for index, (conversation, ids) in enumerate(
+            zip(probe_conversations(n), expected, strict=True)
+        ):
+            result = formatter(messages=conversation)
+            got = llm.tokenize(
+                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
             )
-            reasons.append(reply["choices"][0]["finish_reason"])
-            lengths.append(reply["usage"]["completion_tokens"])
+            if list(got) != list(ids):
+                mismatched.append({"probe": index, "llama_cpp": len(got), "training": len(ids)})
     finally:
         llm.close()
-    return {"stopped": reasons.count("stop"), "total": n, "completion_tokens": lengths}
+    return {"matching": n - len(mismatched), "total": n, "mismatched": mismatched[:8]}
+
+
+GENERATION_PROBES = 6
+"""Probe conversations whose greedy replies check that llama.cpp stops where the model does."""
+
+
+def reference_replies(
+    model: Any, tokenizer: Any, n: int = GENERATION_PROBES, max_new_tokens: int = 64
+) -> list[dict[str, Any]]:
+    """Greedy replies of the (merged) HF model to the first ``n`` probe conversations.
+
+    Returns:
+        Per probe: ``tokens`` generated (EOS included when reached), ``stopped`` (ended with
+        EOS within ``max_new_tokens``) and the decoded ``text``.
+    """
+    import torch
+
+    from medlora.data import render
+
+    eos = tokenizer.eos_token_id
+    device = next(p for p in model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for conversation in probe_conversations(n):
+            prompt = tokenizer(render(tokenizer, conversation, generation_prompt=True))
+            ids = torch.tensor([prompt["input_ids"]], device=device)
+            generated = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )[0, ids.shape[1] :].tolist()
+            stopped = bool(generated) and generated[-1] == eos
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            out.append({"tokens": len(generated), "stopped": stopped, "text": text})
+    return out
+
+
+def generation_stops(
+    path: Path, replies: Sequence[dict[str, Any]], slack: int = 32
+) -> dict[str, Any]:
+    """Greedy chats through llama.cpp's own chat path (the template embedded in the file) on
+    the probes of ``replies`` (from :func:`reference_replies`).
+
+    A probe is ``missed`` when llama.cpp reproduces the HF model's reply, which ends with EOS,
+    and then runs on instead of stopping (``finish_reason`` not ``"stop"`` within the reply's
+    length plus ``slack`` tokens): the file would ramble past the end of its answer. A
+    quantized file whose greedy path leaves the reference's earlier (a near-tie) is counted
+    under ``diverged``, which the top-1 agreement already measures.
+    """
+    from medlora.export._llama_cpp import open_gguf
+
+    llm = open_gguf(path, n_ctx=512 + max((r["tokens"] for r in replies), default=0) + slack)
+    missed, same_text, diverged, stopped, lengths = [], 0, 0, 0, []
+    try:
+        for index, (conversation, ref) in enumerate(
+            zip(probe_conversations(len(replies)), replies, strict=True)
+        ):
+            reply = llm.create_chat_completion(
+                messages=conversation, max_tokens=ref["tokens"] + slack, temperature=0.0
+            )
+            choice = reply["choices"][0]
+            lengths.append(reply["usage"]["completion_tokens"])
+            stopped += choice["finish_reason"] == "stop"
+            text, expected = (choice["message"]["content"] or "").strip(), ref["text"].strip()
+            same_text += text == expected
+            if not text.startswith(expected):
+                diverged += 1
+            elif ref["stopped"] and choice["finish_reason"] != "stop":
+                missed.append(index)
+    finally:
+        llm.close()
+    return {
+        "probes": len(replies),
+        "reference_stopped": sum(bool(r["stopped"]) for r in replies),
+        "stopped": stopped,
+        "missed": missed,
+        "same_text": same_text,
+        "diverged": diverged,
+        "completion_tokens": lengths,
+    }
 
 
 def chat_template_problems(path: Path, tokenizer: Any) -> list[str]:
     """Structural checks that llama.cpp will format and stop like training did."""
+    from medlora._template import with_leading_bos
+    from medlora.data._tokenize import chat_template_of
+
     gguf = __import__("gguf")
     reader = gguf.GGUFReader(str(path))
 
@@ -213,7 +343,7 @@ def chat_template_problems(path: Path, tokenizer: Any) -> list[str]:
     template = field("tokenizer.chat_template")
     if template is None:
         problems.append("no tokenizer.chat_template (llama.cpp would fall back to llama-2)")
-    elif template != tokenizer.chat_template:
+    elif template != with_leading_bos(chat_template_of(tokenizer)):
         problems.append("tokenizer.chat_template differs from the training tokenizer's")
     if field("tokenizer.ggml.eos_token_id") != tokenizer.eos_token_id:
         problems.append(

@@ -261,12 +261,16 @@ class GGUFModel(_Scoring):
 
             source = ZEPHYR_CHAT_TEMPLATE
         template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return template.from_string(source).render(
+        from medlora._template import strip_leading_bos
+
+        bos = self._token_text("bos")
+        text = template.from_string(source).render(
             messages=[dict(m) for m in messages],
             add_generation_prompt=generation_prompt,
             eos_token=self.eos_token,
-            bos_token=self._token_text("bos"),
+            bos_token=bos,
         )
+        return strip_leading_bos(text, bos)  # tokenize() adds it back
 
     def _log_softmax(self, ids: Sequence[int]) -> Any:
         import numpy as np

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medlora.export._card import with_evaluation
+from medlora._template import ZEPHYR_CHAT_TEMPLATE
+from medlora.export._card import ollama_modelfile, with_evaluation
 
 
 def test_evaluation_section_is_inserted_then_replaced() -> None:
@@ -19,3 +20,16 @@ def test_evaluation_section_is_inserted_then_replaced() -> None:
         "Held-out records scored the same way for "
         "every model (`medlora eval`):\n\nT\n\n"
     )
+
+
+def test_modelfile_writes_the_zephyr_template_and_leaves_others_to_ollama() -> None:
+    zephyr = ollama_modelfile("m-Q4_K_M.gguf", ZEPHYR_CHAT_TEMPLATE)
+    assert zephyr.startswith("FROM ./m-Q4_K_M.gguf\nTEMPLATE ")
+    assert 'PARAMETER stop "</s>"' in zephyr
+    # The same template without its leading BOS (TinyLlama-1.1B-Chat's layout) is Zephyr too.
+    no_bos = ZEPHYR_CHAT_TEMPLATE.removeprefix("{{ bos_token }}")
+    assert ollama_modelfile("m.gguf", no_bos) == ollama_modelfile("m.gguf", ZEPHYR_CHAT_TEMPLATE)
+    llama2 = "{% for m in messages %}{{ bos_token + '[INST] ' + m['content'] }}{% endfor %}"
+    other = ollama_modelfile("m.gguf", llama2)
+    assert "TEMPLATE" not in other.replace("# No TEMPLATE", "")
+    assert other.startswith("FROM ./m.gguf\n") and 'PARAMETER stop "</s>"' in other

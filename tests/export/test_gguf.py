@@ -71,11 +71,13 @@ def tokenizer(tiny_model_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def probe_texts(tokenizer: Any) -> list[str]:
+    from medlora.data import render
+
     return [
-        tokenizer.apply_chat_template(
+        render(
+            tokenizer,
             [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
-            tokenize=False,
-            add_generation_prompt=True,
+            generation_prompt=True,
         )
         for p in PROBES
     ]
