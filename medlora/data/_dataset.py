@@ -24,11 +24,15 @@ from medlora.data._hygiene import (
 )
 from medlora.data._phi import PHIReport, scan_messages
 from medlora.data._prepare import PreparedData, Truncation, prepare
-from medlora.data._records import KINDS
 from medlora.data._tokenize import TokenizedExample, tokenize_batch
-from medlora.data._validate import ClinicalRecord, LoadReport, validate_row
+from medlora.data._validate import (
+    ClinicalRecord,
+    LoadOptions,
+    LoadReport,
+    OnError,
+    validate_row,
+)
 
-OnError = Literal["raise", "skip"]
 PHIMode = Literal["report", "redact", "fail"]
 
 DEFAULT_DATA = "clinical_synthetic.jsonl"
@@ -77,9 +81,7 @@ class ClinicalDataset:
                 records and list them in :attr:`report`).
             source: Name used in error messages.
         """
-        return cls._build(
-            enumerate(records),
-            [],
+        options = LoadOptions(
             kind=kind,
             field_map=field_map,
             system_prompt=system_prompt,
@@ -88,55 +90,34 @@ class ClinicalDataset:
             on_error=on_error,
             source=source,
         )
+        return cls._build(enumerate(records), [], options)
 
     @classmethod
     def _build(
         cls,
         rows: Iterable[tuple[int, Any]],
         read_problems: list[DatasetProblem],
-        *,
-        kind: str | None = None,
-        field_map: Mapping[str, str] | None = None,
-        system_prompt: str | None = None,
-        group_by: str | None = None,
-        answer_index_base: int = 0,
-        on_error: OnError = "raise",
-        source: str = "<records>",
+        options: LoadOptions,
     ) -> ClinicalDataset:
         """Validate located rows; merge their problems with those found reading the file."""
-        if kind is not None and kind not in KINDS:
-            raise DatasetError(f"kind={kind!r} is unknown; choose one of {', '.join(KINDS)}")
-        if on_error not in ("raise", "skip"):
-            raise DatasetError(f"on_error={on_error!r} must be 'raise' or 'skip'")
-        if answer_index_base not in (0, 1):
-            raise DatasetError(f"answer_index_base={answer_index_base!r} must be 0 or 1")
         problems: list[DatasetProblem] = list(read_problems)
         kept: list[ClinicalRecord] = []
         for index, raw in rows:
-            record_problems, record = validate_row(
-                raw,
-                index=index,
-                kind=kind,
-                field_map=field_map,
-                system_prompt=system_prompt,
-                group_by=group_by,
-                answer_index_base=answer_index_base,
-                source=source,
-            )
+            record_problems, record = validate_row(raw, index=index, options=options)
             if record_problems:
                 problems.extend(record_problems)
             elif record is not None:
                 kept.append(record)
         problems.sort(key=lambda p: -1 if p.record_index is None else p.record_index)
-        if problems and on_error != "skip":
+        if problems and options.on_error != "skip":
             raise DatasetError(problems, hint="Fix these records, or pass on_error='skip'.")
         if not kept:
             raise DatasetError(
-                [DatasetProblem("no usable records", path=source), *problems],
+                [DatasetProblem("no usable records", path=options.source), *problems],
                 hint="The file is empty or every record was skipped.",
             )
         kinds = Counter(r.kind for r in kept)
-        report = LoadReport(source=source, kinds=dict(kinds), skipped=tuple(problems))
+        report = LoadReport(source=options.source, kinds=dict(kinds), skipped=tuple(problems))
         return cls(tuple(kept), report)
 
     @classmethod
@@ -149,7 +130,7 @@ class ClinicalDataset:
         """
         path = Path(path)
         rows, problems = read_jsonl(path)
-        return cls._build(rows, problems, **{"source": str(path), **options})
+        return cls._build(rows, problems, LoadOptions(**{"source": str(path), **options}))
 
     @classmethod
     def from_json(cls, path: str | Path, **options: Any) -> ClinicalDataset:
@@ -160,7 +141,7 @@ class ClinicalDataset:
         (ACI-Bench: ``field_map={"src": "note", "tgt": "summary"}``).
         """
         path = Path(path)
-        return cls._build(read_json(path), [], **{"source": str(path), **options})
+        return cls._build(read_json(path), [], LoadOptions(**{"source": str(path), **options}))
 
     @classmethod
     def from_csv(
@@ -173,7 +154,7 @@ class ClinicalDataset:
         """
         path = Path(path)
         table = load_arrow(path, "csv", cache_dir)
-        return cls._build(iter_arrow(table), [], **{"source": str(path), **options})
+        return cls._build(iter_arrow(table), [], LoadOptions(**{"source": str(path), **options}))
 
     @classmethod
     def from_parquet(
@@ -182,7 +163,7 @@ class ClinicalDataset:
         """Load a Parquet file through ``datasets`` (memory-mapped Arrow under ``cache_dir``)."""
         path = Path(path)
         table = load_arrow(path, "parquet", cache_dir)
-        return cls._build(iter_arrow(table), [], **{"source": str(path), **options})
+        return cls._build(iter_arrow(table), [], LoadOptions(**{"source": str(path), **options}))
 
     @classmethod
     def from_hf(cls, data: Any, *, split: str = "train", **options: Any) -> ClinicalDataset:
@@ -190,7 +171,7 @@ class ClinicalDataset:
         by ``save_to_disk``."""
         table = load_hf(data, split)
         source = str(data) if isinstance(data, (str, Path)) else f"<datasets:{split}>"
-        return cls._build(iter_arrow(table), [], **{"source": source, **options})
+        return cls._build(iter_arrow(table), [], LoadOptions(**{"source": source, **options}))
 
     @classmethod
     def default(cls, **options: Any) -> ClinicalDataset:

@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
-from medlora._errors import DatasetProblem
-from medlora.data._records import Message, detect_kind, normalise_layout, to_messages
+from medlora._errors import DatasetError, DatasetProblem
+from medlora.data._records import KINDS, Message, detect_kind, normalise_layout, to_messages
+
+OnError = Literal["raise", "skip"]
+
+
+@attrs.frozen(kw_only=True)
+class LoadOptions:
+    """How raw records become :class:`ClinicalRecord` values: the options every
+    ``ClinicalDataset.from_*`` constructor takes, checked once here.
+
+    Raises:
+        DatasetError: An option has a value no record could be read with.
+    """
+
+    kind: str | None = None
+    """Force a kind instead of detecting it per record (one of ``medlora.data.KINDS``)."""
+    field_map: Mapping[str, str] | None = None
+    """Rename columns first, ``{"their_name": "our_name"}``."""
+    system_prompt: str | None = None
+    """Added as the system turn where a record has none."""
+    group_by: str | None = None
+    """Field holding a patient or encounter id, for grouped splits."""
+    answer_index_base: int = 0
+    """Whether integer multiple-choice answers count from 0 or 1 (MedMCQA's ``cop``: 1)."""
+    on_error: OnError = "raise"
+    """``"raise"`` (collect every problem, raise once) or ``"skip"`` (drop bad records)."""
+    source: str = "<records>"
+    """Name used in error messages (the file path for file constructors)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise DatasetError(f"kind={self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
+        if self.on_error not in ("raise", "skip"):
+            raise DatasetError(f"on_error={self.on_error!r} must be 'raise' or 'skip'")
+        if self.answer_index_base not in (0, 1):
+            raise DatasetError(f"answer_index_base={self.answer_index_base!r} must be 0 or 1")
 
 
 @attrs.frozen(kw_only=True)
@@ -40,16 +75,10 @@ class LoadReport:
 
 
 def validate_row(
-    raw: Any,
-    *,
-    index: int,
-    kind: str | None,
-    field_map: Mapping[str, str] | None,
-    system_prompt: str | None,
-    group_by: str | None,
-    answer_index_base: int,
-    source: str,
+    raw: Any, *, index: int, options: LoadOptions
 ) -> tuple[list[DatasetProblem], ClinicalRecord | None]:
+    """Validate one raw record; returns its problems, or the record when it has none."""
+    source, field_map, group_by = options.source, options.field_map, options.group_by
     if not isinstance(raw, Mapping):
         return [
             DatasetProblem(
@@ -58,7 +87,7 @@ def validate_row(
         ], None
     record = {field_map.get(k, k): v for k, v in raw.items()} if field_map else dict(raw)
     record = normalise_layout(record)
-    found = kind or detect_kind(record)
+    found = options.kind or detect_kind(record)
     if found is None:
         keys = ", ".join(sorted(record)) or "none"
         return [
@@ -74,8 +103,8 @@ def validate_row(
         index=index,
         kind=found,
         source=source,
-        system_prompt=system_prompt,
-        answer_index_base=answer_index_base,
+        system_prompt=options.system_prompt,
+        answer_index_base=options.answer_index_base,
     )
     group = record.get(group_by) if group_by else None
     if group_by and group is None:

@@ -118,8 +118,12 @@ def write_gguf(
                 writer.write_header_to_file()
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
-                for p in plans:  # one tensor in memory at a time
-                    writer.write_tensor_data(_convert(handles[p.source], p, gguf))
+                # One tensor in memory at a time; stored-dtype tensors reuse one read buffer
+                # (a fresh 100+ MB allocation per tensor is page-faulted in again each time).
+                scratch = bytearray(max(_numel(h.shape) * 4 for h in handles.values()))
+                for p in plans:
+                    data = _convert(handles[p.source], p, gguf, scratch)
+                    writer.write_tensor_data(_fast_write(data))  # written before the next read
                 writer.flush()
             finally:
                 writer.close()
@@ -271,8 +275,11 @@ def _tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> str:
     return qtype
 
 
-def _convert(handle: _Stored, plan: _TensorPlan, gguf: Any) -> Any:
-    data = handle.read_f32()  # HF layout (out, in)
+def _convert(handle: _Stored, plan: _TensorPlan, gguf: Any, scratch: bytearray) -> Any:
+    # F16 -> F16 and F32 -> F32 keep the stored array: the float32 round trip is exact but
+    # cost 70% of an F16 export's time (measured 8.7 of 12.1 s on the 1.1B model).
+    as_stored = plan.qtype == handle.dtype and plan.qtype in ("F16", "F32")
+    data = handle.read_array(scratch) if as_stored else handle.read_f32()  # (out, in)
     if plan.permute_heads:  # rotate-half (HF) -> interleaved pairs (llama.cpp)
         n = plan.permute_heads
         data = (
@@ -293,20 +300,36 @@ class _Stored:
     start: int
     """Absolute byte offset of the data in the file."""
 
-    def read_f32(self) -> Any:
-        """The tensor as a float32 array, in anonymous memory: a memory map would keep every
-        page read so far resident until the file closes (measured: ~1 extra copy of the
-        model in RSS on a 1.1B export)."""
+    def read_array(self, buffer: bytearray | None = None) -> Any:
+        """The tensor in its stored dtype (BF16 as raw ``uint16``), in anonymous memory: a
+        memory map would keep every page read so far resident until the file closes
+        (measured: ~1 extra copy of the model in RSS on a 1.1B export).
+
+        With ``buffer`` the array is a view into it, valid until the buffer is reused.
+        """
         numpy = require("numpy", "GGUF export")
         source = {"F32": numpy.float32, "F16": numpy.float16, "BF16": numpy.uint16}
         if self.dtype not in source:
             raise ExportError(f"{self.path}: tensor dtype {self.dtype} is not F32, F16 or BF16")
+        dtype, count = numpy.dtype(source[self.dtype]), _numel(self.shape)
         with open(self.path, "rb") as file:
             file.seek(self.start)
-            data = numpy.fromfile(file, dtype=source[self.dtype], count=_numel(self.shape))
+            if buffer is None:
+                data = numpy.fromfile(file, dtype=dtype, count=count)
+            else:
+                view = memoryview(buffer)[: count * dtype.itemsize]
+                if file.readinto(view) != len(view):
+                    raise ExportError(f"{self.path}: file ends inside a tensor")
+                data = numpy.frombuffer(view, dtype=dtype, count=count)
+        return data.reshape(self.shape)
+
+    def read_f32(self) -> Any:
+        """The tensor as a float32 array (see :meth:`read_array`)."""
+        numpy = require("numpy", "GGUF export")
+        data = self.read_array()
         if self.dtype == "BF16":  # bf16 is the top half of a float32
-            return (data.astype(numpy.uint32) << 16).view(numpy.float32).reshape(self.shape)
-        return data.astype(numpy.float32, copy=False).reshape(self.shape)
+            return (data.astype(numpy.uint32) << 16).view(numpy.float32)
+        return data.astype(numpy.float32, copy=False)
 
 
 def _read_safetensors_header(path: Path) -> dict[str, _Stored]:
@@ -368,6 +391,22 @@ def _temporary_beside(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _fast_write(array: Any) -> Any:
+    """``array`` as a view whose ``tofile`` is one ``file.write`` of its bytes.
+
+    gguf-py writes tensors with ``numpy.ndarray.tofile``, measured 3.6x slower than a plain
+    buffered write of the same bytes here (5.1 vs 1.4 s for 2.2 GB), which made the F16
+    export slower than llama.cpp's converter. Same bytes either way.
+    """
+    numpy = require("numpy", "GGUF export")
+
+    class _Writable(numpy.ndarray):  # type: ignore[misc, name-defined]
+        def tofile(self, fid: Any, sep: str = "", format: str = "%s") -> None:
+            fid.write(memoryview(numpy.ascontiguousarray(self)).cast("B"))
+
+    return array.view(_Writable)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
