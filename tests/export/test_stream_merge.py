@@ -228,7 +228,7 @@ def test_export_measures_the_directory_it_ships(exported: Any, trained_run: Any)
 def test_reading_without_mmap_loads_the_same_4bit_model(random_model_dir: Path) -> None:
     import transformers.modeling_utils as modeling_utils
 
-    from medlora.export._merge import read_without_mmap
+    from medlora._hub import read_without_mmap
     from medlora.export._parity import hf_logits
     from medlora.training._model import load_base_model
 
