@@ -101,8 +101,34 @@ def model_card(
                 "llama.cpp token ids, or train with the tokenizer loaded with `legacy=True`, "
                 "for identical prompts.",
             ]
+    lines += _serving_checks(parity)
     lines.append("")
     return "\n".join(lines)
+
+
+def _serving_checks(parity: Mapping[str, Any]) -> list[str]:
+    """The chat-path and stop-at-EOS results, one line each, when the export measured them."""
+    lines = []
+    if "chat_path" in parity:
+        path = parity["chat_path"]
+        lines += [
+            "",
+            f"llama-cpp-python's chat handler (as `medlora serve` runs it) builds the training "
+            f"token ids on {path['matching']}/{path['total']} probe conversations.",
+        ]
+    if parity.get("generation"):
+        lines += [
+            "",
+            "| GGUF | greedy replies stopped at `</s>` | same text as merged | ran past EOS |",
+            "|---|---|---|---|",
+        ]
+        for qtype, row in parity["generation"].items():
+            lines.append(
+                f"| {qtype} | {row['stopped']}/{row['probes']} (merged: "
+                f"{row['reference_stopped']}) | {row['same_text']}/{row['probes']} | "
+                f"{len(row['missed'])} |"
+            )
+    return lines
 
 
 def _data_card(card: Any) -> list[str]:

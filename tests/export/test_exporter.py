@@ -124,6 +124,8 @@ def test_model_card_and_modelfile(exported: Any) -> None:
     assert card.startswith("---\nlicense: apache-2.0")
     assert "Not a medical device" in card
     assert "gguf Q4_K_M" in card and "merged (nf4-roundtrip)" in card
+    assert "builds the training token ids on 8/8 probe conversations" in card
+    assert "| F16 | 6/6 (merged: 6) | 6/6 | 0 |" in card
     modelfile = (exported.out_dir / "gguf/Modelfile").read_text()
     assert modelfile.startswith("FROM ./clinical-tiny-Q4_K_M.gguf")
     assert 'PARAMETER stop "</s>"' in modelfile
