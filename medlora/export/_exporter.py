@@ -26,6 +26,7 @@ from medlora.export._parity import (
     compare,
     hf_logits,
     probe_ids,
+    reference_replies,
 )
 from medlora.export._vllm import adapter_problems, merged_problems
 from medlora.training import QuantizationConfig, TrainingResult
@@ -113,9 +114,10 @@ class AdapterExporter:
             release_memory()  # the 4-bit model is gone before any merge starts
             strategy = None
             merged_logits: list[Any] = []
+            replies: list[dict[str, Any]] = []
             if "merged" in cfg.formats or "gguf" in cfg.formats:
                 merged_dir = tmp / "merged"
-                strategy, merged_logits, measured = self._merge(
+                strategy, merged_logits, replies, measured = self._merge(
                     base, adapter_src, quant, ids, reference, merged_dir, tokenizer
                 )
                 parity["merge"] = measured
@@ -136,7 +138,7 @@ class AdapterExporter:
                     gguf_files,
                     ids=ids,
                     merged_logits=merged_logits,
-                    merged_dir=merged_dir,
+                    replies=replies,
                     tokenizer=tokenizer,
                     config=cfg,
                     parity=parity,
@@ -145,7 +147,7 @@ class AdapterExporter:
                 if "merged" not in cfg.formats:
                     shutil.rmtree(tmp / "merged")
                     merged_dir = None
-            del merged_logits, reference
+            del merged_logits, replies, reference
             parity["vllm"] = self._check_vllm(
                 tmp / "adapter" if adapter_dir else None, tmp / "merged" if merged_dir else None
             )
@@ -205,43 +207,55 @@ class AdapterExporter:
         reference: list[Any],
         dst: Path,
         tokenizer: Any,
-    ) -> tuple[str, list[Any], dict[str, dict[str, float]]]:
+    ) -> tuple[str, list[Any], list[dict[str, Any]], dict[str, dict[str, float]]]:
         """Write each candidate strategy's merged directory and measure it as it ships.
 
         Each candidate is written in ``merged_dtype`` and measured against training from that
         directory (16-bit storage, float32 compute: :func:`load_upcast`); the lowest-KL one
         becomes ``dst``, the others are deleted. Returns the strategy, the kept directory's
-        logits on ``ids`` (the reference for the GGUF files; empty when no GGUF is written)
-        and every candidate's agreement. ``nf4-roundtrip`` is measured last, so its logits,
-        the usual winner's, need no second pass; at most one candidate's logits are held.
+        logits on ``ids`` and greedy probe replies (the references for the GGUF files; empty
+        when no GGUF is written) and every candidate's agreement. ``nf4-roundtrip`` is
+        measured last and usually wins, so its loaded model gives the logits and replies
+        without a second load; at most one candidate's logits are held.
         """
         wanted = self.config.merge_strategy
         candidates = ["original", "nf4-roundtrip"] if wanted == "auto" else [wanted]
         if quant is None:
             candidates = ["original"]
+        for_gguf = "gguf" in self.config.formats
         measured: dict[str, dict[str, float]] = {}
         best: tuple[float, str] | None = None
         logits: list[Any] = []
+        replies: list[dict[str, Any]] = []
         for strategy in candidates:
             path = dst.with_name(f".merged-{strategy}")
             self._write_merged(base, adapter, quant, strategy, path, tokenizer)
             logits = []  # the previous candidate's logits go before this one's are made
-            logits = _logits_of(path, ids)
+            release_memory()  # what the merge freed, before the 16-bit model comes in
+            model = load_upcast(path)
+            logits = hf_logits(model, ids)
             agreement: Agreement = compare(reference, logits)
             measured[strategy] = agreement.to_dict()
             if best is None or agreement.mean_kl < best[0]:
                 if best is not None:
                     shutil.rmtree(dst.with_name(f".merged-{best[1]}"))
                 best = (agreement.mean_kl, strategy)
+                if for_gguf and strategy == candidates[-1]:
+                    replies = reference_replies(model, tokenizer)
             else:
                 shutil.rmtree(path)
+            del model
+            release_memory()
         assert best is not None
         dst.with_name(f".merged-{best[1]}").rename(dst)
-        if "gguf" not in self.config.formats:
-            return best[1], [], measured
+        if not for_gguf:
+            return best[1], [], [], measured
         if best[1] != candidates[-1]:
-            logits = _logits_of(dst, ids)
-        return best[1], logits, measured
+            model = load_upcast(dst)
+            logits, replies = hf_logits(model, ids), reference_replies(model, tokenizer)
+            del model
+            release_memory()
+        return best[1], logits, replies, measured
 
     def _write_merged(
         self,
@@ -312,14 +326,6 @@ class AdapterExporter:
         if "F16" not in self.config.gguf_types:
             intermediate.unlink()
         return out
-
-
-def _logits_of(model_dir: Path, ids: list[list[int]]) -> list[Any]:
-    """Float32 logits of a saved merged model, loaded in its stored dtype; freed after."""
-    release_memory()  # what the merge freed, before the 16-bit model comes in
-    logits = hf_logits(load_upcast(model_dir), ids)
-    release_memory()
-    return logits
 
 
 def _check_free_space(out_dir: Path, base: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import difflib
+import functools
 import json
 import os
 import tempfile
@@ -400,13 +401,19 @@ def _fast_write(array: Any) -> Any:
     buffered write of the same bytes here (5.1 vs 1.4 s for 2.2 GB), which made the F16
     export slower than llama.cpp's converter. Same bytes either way.
     """
+    return array.view(_writable_array_type())
+
+
+@functools.cache
+def _writable_array_type() -> Any:
+    """The ``ndarray`` subclass of :func:`_fast_write`, made once (numpy is imported lazily)."""
     numpy = require("numpy", "GGUF export")
 
     class _Writable(numpy.ndarray):  # type: ignore[misc, name-defined]
         def tofile(self, fid: Any, sep: str = "", format: str = "%s") -> None:
             fid.write(memoryview(numpy.ascontiguousarray(self)).cast("B"))
 
-    return array.view(_Writable)
+    return _Writable
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from medlora.export._config import ExportConfig
-from medlora.export._merge import load_upcast, release_memory
 from medlora.export._parity import (
     chat_path_report,
     chat_template_problems,
@@ -15,7 +14,6 @@ from medlora.export._parity import (
     generation_stops,
     llama_cpp_logits,
     probe_conversations,
-    reference_replies,
     tokenization_report,
 )
 
@@ -25,7 +23,7 @@ def check_gguf_files(
     *,
     ids: list[list[int]],
     merged_logits: list[Any],
-    merged_dir: Path,
+    replies: list[dict[str, Any]],
     tokenizer: Any,
     config: ExportConfig,
     parity: dict[str, Any],
@@ -33,9 +31,11 @@ def check_gguf_files(
     """Measure each GGUF and record the results in ``parity``; returns the problems found.
 
     Per file: tie-aware top-1 agreement with ``merged_logits`` on ``ids`` against its
-    threshold, and stopping at EOS through llama.cpp's chat path. Once (the files share one
-    vocabulary and template): llama.cpp's tokenization of the rendered probes, the embedded
-    chat template and special ids, and llama-cpp-python's chat-handler prompt ids.
+    threshold, and stopping at EOS through llama.cpp's chat path wherever the merged model's
+    greedy ``replies`` (:func:`~medlora.export._parity.reference_replies`) stop. Once (the
+    files share one vocabulary and template): llama.cpp's tokenization of the rendered
+    probes, the embedded chat template and special ids, and llama-cpp-python's chat-handler
+    prompt ids.
     """
     from medlora.data import render
 
@@ -61,7 +61,7 @@ def check_gguf_files(
             "probe prompts differently from training (see parity.json 'tokenization')"
         )
     problems += [f"GGUF {p}" for p in chat_template_problems(first, tokenizer)]
-    chat_path = chat_path_report(first, tokenizer)
+    chat_path = chat_path_report(first, tokenizer, ids[:8])
     parity["chat_path"] = chat_path
     if chat_path["matching"] < chat_path["total"]:
         wrong = chat_path["total"] - chat_path["matching"]
@@ -69,17 +69,13 @@ def check_gguf_files(
             f"llama-cpp-python's chat handler builds {wrong} of {chat_path['total']} probe "
             "prompts with other ids than training (see parity.json 'chat_path')"
         )
-    return problems + _check_stops(merged_dir, tokenizer, gguf_files, parity)
+    return problems + _check_stops(replies, gguf_files, parity)
 
 
 def _check_stops(
-    merged_dir: Path, tokenizer: Any, gguf_files: dict[str, Path], parity: dict[str, Any]
+    replies: list[dict[str, Any]], gguf_files: dict[str, Path], parity: dict[str, Any]
 ) -> list[str]:
     """Every GGUF must stop (EOS, embedded chat template) wherever the merged model does."""
-    model = load_upcast(merged_dir)
-    replies = reference_replies(model, tokenizer)
-    del model
-    release_memory()
     found = {qtype: generation_stops(path, replies) for qtype, path in gguf_files.items()}
     parity["generation"] = found
     if not any(r["stopped"] for r in replies):

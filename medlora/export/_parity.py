@@ -209,19 +209,22 @@ def tokenization_report(path: Path, tokenizer: Any, texts: Sequence[str]) -> dic
     }
 
 
-def chat_path_report(path: Path, tokenizer: Any, n: int = 8) -> dict[str, Any]:
+def chat_path_report(
+    path: Path, tokenizer: Any, expected: Sequence[Sequence[int]]
+) -> dict[str, Any]:
     """Do llama-cpp-python's chat handler's prompt ids equal training's?
 
     ``create_chat_completion`` (and so ``medlora serve``) renders the template stored in the
     file with its own Jinja formatter and tokenizes the result without adding BOS; the ids
-    must be exactly those medlora trained on (:func:`probe_ids`). A template that does not
-    emit ``bos_token`` fails here (measured: one token short, every probe).
+    must be exactly those medlora trained on: ``expected``, the :func:`probe_ids` of the first
+    ``len(expected)`` probes. A template that does not emit ``bos_token`` fails here
+    (measured: one token short, every probe).
     """
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from medlora.export._llama_cpp import open_gguf
 
-    expected = probe_ids(tokenizer, n)
+    n = len(expected)
     llm = open_gguf(path, n_ctx=64, vocab_only=True)
     mismatched = []
     try:
