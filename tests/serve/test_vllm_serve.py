@@ -38,13 +38,14 @@ def test_a_broken_merged_directory_lists_every_problem(exported: Any, tmp_path: 
     config["dtype"] = "int8"
     (broken / "config.json").write_text(json.dumps(config))
     (broken / "tokenizer.model").unlink()
+    (broken / "tokenizer.json").unlink()
     (broken / "generation_config.json").unlink()
     (broken / "pytorch_model.bin").write_bytes(b"pickle")
     problems = "\n".join(check_vllm_contract(broken))
     for expected in (
         "architectures",
         "dtype",
-        "tokenizer.model",
+        "no tokenizer",
         "generation_config.json",
         "pickle weights",
     ):
