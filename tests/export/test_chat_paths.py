@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medlora._hub import copy_tokenizer_files, write_served_chat_template
-from medlora._template import ZEPHYR_CHAT_TEMPLATE, strip_leading_bos, with_leading_bos
+from medlora._hub import copy_tokenizer_files, load_tokenizer, write_served_chat_template
+from medlora._template import ZEPHYR_CHAT_TEMPLATE, served_chat_template, strip_leading_bos
 from medlora.data import render
 from medlora.export._parity import probe_conversations
 
@@ -62,11 +62,14 @@ def test_llama_cpp_python_chat_path_gets_the_training_ids(exported: Any) -> None
         llm.close()
 
 
-def test_served_template_starts_with_bos_only_when_missing() -> None:
-    assert with_leading_bos(NO_BOS) == "{{ bos_token }}" + NO_BOS
-    assert with_leading_bos(ZEPHYR_CHAT_TEMPLATE) == ZEPHYR_CHAT_TEMPLATE
+def test_served_template_starts_with_bos_only_when_missing(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(tiny_model_dir)  # adds <s> on encode
+    assert served_chat_template(tokenizer, NO_BOS) == "{{ bos_token }}" + NO_BOS
+    assert served_chat_template(tokenizer, ZEPHYR_CHAT_TEMPLATE) == ZEPHYR_CHAT_TEMPLATE
     llama2 = "{% for m in messages %}{{ bos_token + '[INST] ' + m['content'] }}{% endfor %}"
-    assert with_leading_bos(llama2) == llama2  # places BOS itself, per turn
+    assert served_chat_template(tokenizer, llama2) == llama2  # places BOS itself, per turn
+    literal = "<s>" + NO_BOS  # writes the BOS text without naming bos_token
+    assert served_chat_template(tokenizer, literal) == literal
     assert strip_leading_bos("<s><|user|>", "<s>") == "<|user|>"
     assert strip_leading_bos("<|user|>", "<s>") == "<|user|>"
 
@@ -86,6 +89,8 @@ def test_copied_tokenizer_files_carry_the_served_template(
     # An inline template without BOS (TinyLlama-1.1B-Chat's layout) gains it in place.
     inline = tmp_path / "inline"
     inline.mkdir()
+    for name in ("tokenizer.model", "tokenizer.json"):
+        (inline / name).write_bytes((tiny_model_dir / name).read_bytes())
     config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
     (inline / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": NO_BOS}))
     write_served_chat_template(inline)
