@@ -13,8 +13,6 @@ import ctypes
 import difflib
 import functools
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medlora._errors import ConfigError, ExportError
+from medlora._io import atomic_path
 from medlora._optional import require
 from medlora.export._gguf_vocab import add_vocab, gguf_tokenizer_report, load_vocab
 
@@ -98,7 +97,7 @@ def write_gguf(
             raise ExportError(f"{model_dir} has no model.embed_tokens.weight tensor")
         vocab = load_vocab(model_dir, n_vocab=embed.shape[0])
 
-        with _temporary_beside(out_path) as tmp:
+        with atomic_path(out_path) as tmp:
             writer = gguf.GGUFWriter(str(tmp), "llama")
             try:
                 writer.add_type(gguf.GGUFType.MODEL)
@@ -155,7 +154,7 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
         params.nthread = int(threads)
     from medlora.export._llama_cpp import captured_stderr
 
-    with _temporary_beside(dst) as tmp:
+    with atomic_path(dst) as tmp:
         with captured_stderr() as log:
             code = llama_cpp.llama_model_quantize(
                 str(src).encode(), str(tmp).encode(), ctypes.byref(params)
@@ -375,23 +374,6 @@ def _safetensors_file(path: Path) -> Iterator[Any]:
     safetensors = require("safetensors", "GGUF export")
     with safetensors.safe_open(str(path), framework="pt") as handle:
         yield handle
-
-
-@contextlib.contextmanager
-def _temporary_beside(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as done:
-            os.fsync(done.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _fast_write(array: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from medlora._errors import ModelLoadError
+from medlora._io import restore
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -396,10 +397,14 @@ def load(
         logits_all: For GGUF files, keep every position's logits (needed for scoring).
         n_threads: CPU threads for GGUF files (default: llama.cpp's choice).
 
+    A directory an interrupted export or training run left beside its place (complete, under
+    a temporary name) is put back first, with one logged line.
+
     Raises:
         ModelLoadError: The path is none of the three kinds, or its files cannot be loaded.
     """
     path = Path(path).expanduser()
+    restore(path)
     if _is_gguf(path):
         from medlora.export import open_gguf
 
