@@ -25,7 +25,7 @@ from medlora._template import chat_template_of
 from medlora._versions import library_versions
 from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
-from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
+from medlora.export._gguf import GGUF_NUMPY_TYPES, gguf_preflight, quantize_gguf, write_gguf
 from medlora.export._gguf_checks import check_gguf_files
 from medlora.export._gguf_lora import write_lora_gguf
 from medlora.export._merge import load_trained, load_upcast, release_memory, write_merged_weights
@@ -112,6 +112,8 @@ class AdapterExporter:
         )
         recover(out_dir.parent)  # leftovers of killed exports beside this one, before measuring
         need = _check_free_space(out_dir, base)
+        if "gguf" in cfg.formats:  # architecture, RoPE, tokenizer: refuse before merging
+            gguf_preflight(base)
         name = cfg.name or out_dir.name
         parity: dict[str, Any] = {"artefacts": {}}
         problems: list[str] = []

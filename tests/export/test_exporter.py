@@ -238,6 +238,32 @@ def test_export_restores_the_run_adapter_and_removes_leftovers(
     assert leftovers(run) == [] and leftovers(out.parent) == []
 
 
+def test_a_base_gguf_cannot_hold_is_refused_before_merging(
+    trained_run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RoPE and tokenizer are checked from the files before any model is loaded."""
+    import shutil
+
+    import medlora.export._exporter as exporter
+
+    base = Path(shutil.copytree(trained_run.base_model, tmp_path / "base"))
+    config = json.loads((base / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    (base / "config.json").write_text(json.dumps(config))
+    run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
+    info = json.loads((run / "medlora.json").read_text())
+    info["base_model"] = str(base)
+    (run / "medlora.json").write_text(json.dumps(info))
+
+    def merge_started(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the export loaded a model before refusing the base")
+
+    monkeypatch.setattr(exporter, "load_trained", merge_started)
+    with pytest.raises(ExportError, match="RoPE scaling 'yarn' cannot be exported to GGUF"):
+        AdapterExporter(run).export(tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
+
+
 def test_not_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="not a finished medlora training run"):
         AdapterExporter(tmp_path).export(tmp_path / "out")
