@@ -22,10 +22,13 @@ from medlora._io import atomic_dir, write_json
 CHECKPOINTS = "checkpoints"
 
 
-def save_adapter(model: Any, base: Path, target: Path) -> Path:
-    """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it."""
+def save_adapter(
+    model: Any, base: Path, target: Path, *, state_dict: dict[str, Any] | None = None
+) -> Path:
+    """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it
+    (``state_dict``: the adapter weights gathered from a sharded model)."""
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         copy_tokenizer_files(base, tmp)
         config_path = tmp / "adapter_config.json"
         data = json.loads(config_path.read_text(encoding="utf-8"))
@@ -79,15 +82,18 @@ def save_checkpoint(
     order: dict[str, Any],
     state: dict[str, Any],
     keep: int,
+    adapter_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint for ``state["step"]`` atomically; keep only the latest ``keep``."""
+    """Write a checkpoint for ``state["step"]`` atomically; keep only the latest ``keep``.
+    ``adapter_state``/``optimizer_state``: full states gathered from a sharded (FSDP) run."""
     import torch
 
     target = run_dir / CHECKPOINTS / f"step-{state['step']:07d}"
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=adapter_state)
         blob = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "order": order,
@@ -100,24 +106,39 @@ def save_checkpoint(
 
 
 def load_adapter_weights(model: Any, adapter_dir: Path) -> None:
-    """Copy the adapter weights saved in ``adapter_dir`` into the peft ``model``."""
+    """Copy the adapter weights saved in ``adapter_dir`` into the peft ``model`` (its
+    parameters possibly sharded by FSDP)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(adapter_dir / "adapter_model.safetensors"))
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not any(hasattr(p, "device_mesh") for p in trainable.values()):
+        set_peft_model_state_dict(model, saved)
+        return
+    from medlora.training._sharding import load_adapter_state
+
+    # peft saves "...q_proj.lora_A.weight" for the parameter "...q_proj.lora_A.default.weight".
+    load_adapter_state(model, {n: saved[n.replace(".default.", ".")] for n in trainable})
 
 
 def load_checkpoint(
-    path: Path, *, model: Any, optimizer: Any, scheduler: Any
+    path: Path,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    load_optimizer: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore adapter, optimizer, scheduler and RNG from ``path``; returns (state, order)."""
+    """Restore adapter, optimizer, scheduler and RNG from ``path``; returns (state, order).
+    ``load_optimizer(state)`` replaces ``optimizer.load_state_dict`` (a sharded run)."""
     import torch
 
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         blob = torch.load(path / "trainer_state.pt", weights_only=False)
         load_adapter_weights(model, path / "adapter")
-        optimizer.load_state_dict(blob["optimizer"])
+        (load_optimizer or optimizer.load_state_dict)(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise TrainingError(

@@ -5,30 +5,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from medlora import ClinicalDataset, QLoRATrainer, TrainingConfig
 from medlora.data import collate, collate_packed
 from medlora.training._loss import causal_lm_loss
 
 
-def test_packed_batch_has_the_same_loss_as_padded(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("attention", "dense_mask"),
+    [("sdpa", False), ("eager", False), ("sdpa", True)],
+    ids=["sdpa-position-ids", "eager-position-ids", "sdpa-dense-mask"],
+)
+def test_packed_batch_has_the_same_loss_as_padded(
+    tiny_model_dir: Path, tmp_path: Path, attention: str, dense_mask: bool
+) -> None:
     import torch
 
-    trainer = QLoRATrainer(TrainingConfig(model=str(tiny_model_dir), output_dir=tmp_path))
+    config = TrainingConfig(
+        model=str(tiny_model_dir), output_dir=tmp_path, attn_implementation=attention
+    )
+    trainer = QLoRATrainer(config)
     trainer.setup()
     examples = ClinicalDataset.default().tokenize(trainer.tokenizer, max_seq_len=1024)[:3]
     assert all(any(label != -100 for label in e.labels) for e in examples)
     pad = trainer.tokenizer.pad_token_id
-    head = trainer.model.get_output_embeddings()
+    packed_batch = collate_packed([examples], pad_id=pad, dense_mask=dense_mask)
+    assert ("attention_mask" in packed_batch) is dense_mask
     with torch.no_grad():
         padded, n_padded = causal_lm_loss(
-            trainer.model, head, collate(examples, pad_id=pad), chunk_tokens=0
+            trainer.objective, collate(examples, pad_id=pad), chunk_tokens=0
         )
-        packed, n_packed = causal_lm_loss(
-            trainer.model, head, collate_packed([examples], pad_id=pad), chunk_tokens=0
-        )
+        packed, n_packed = causal_lm_loss(trainer.objective, packed_batch, chunk_tokens=0)
+        # Negative control: the same packed row read as one sequence (positions 0..L-1, no
+        # mask): later examples attend to earlier ones and the loss changes.
+        leaky_batch = {k: v for k, v in packed_batch.items() if k != "attention_mask"}
+        leaky_batch["position_ids"] = torch.arange(packed_batch["input_ids"].shape[1])[None]
+        leaky, _ = causal_lm_loss(trainer.objective, leaky_batch, chunk_tokens=0)
     assert n_packed == n_padded
     # Only float32 summation order differs between the two layouts.
     assert abs(float(packed) - float(padded)) < 1e-4 * float(padded)
+    # Measured: leaky differs by 3.5e-3 (relative), 35x the parity tolerance.
+    assert abs(float(leaky) - float(padded)) > 1e-3 * float(padded)
 
 
 def test_packed_run_trains_on_fewer_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
