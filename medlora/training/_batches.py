@@ -101,7 +101,9 @@ class StepLoader:
             start = (j * self.world + self.rank) * self.micro_batch_size
             batch = with_loss_index(self.collate_fn(chosen[start : start + self.micro_batch_size]))
             if self.pin:
-                batch = {k: v.pin_memory() for k, v in batch.items()}
+                batch = {
+                    k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in batch.items()
+                }
             micro.append(batch)
         return StepBatches(
             micro=micro,
@@ -130,4 +132,22 @@ class StepLoader:
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     """Copy a batch's tensors to ``device`` without blocking the host (from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def with_varlen_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Add FlashAttention's variable-length arguments for a packed batch, from its
+    ``position_ids`` (each example starts at 0), computed here on the CPU.
+
+    transformers' FlashAttention reads packed ``position_ids`` only for a batch of one row,
+    and then infers these in every layer with a device sync; given, they cover any number of
+    rows (the (batch x seq) tokens flattened) and cost nothing on the device.
+    """
+    import torch
+
+    flat = batch["position_ids"].reshape(-1)  # (batch * seq,)
+    starts = (flat == 0).nonzero().reshape(-1)
+    cu = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)  # (examples + 1,)
+    longest = int((cu[1:] - cu[:-1]).max())
+    batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    return batch

@@ -114,7 +114,10 @@ class CausalLMLoss(torch.nn.Module):
         loss_targets: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **attention_kwargs: Any,
     ) -> torch.Tensor:
+        """Summed cross-entropy (float32) of the supervised positions; ``attention_kwargs``
+        (FlashAttention's ``cu_seq_lens_*``, ``max_length_*``) go to the attention layers."""
         enabled = self.autocast_dtype is not None
         with torch.autocast(
             input_ids.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled
@@ -125,6 +128,7 @@ class CausalLMLoss(torch.nn.Module):
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=False,
+                **attention_kwargs,
             )
             states = out.last_hidden_state  # (batch, seq, hidden), after the final norm
             hidden = states.reshape(-1, states.shape[-1]).index_select(0, loss_positions)

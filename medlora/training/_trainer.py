@@ -27,7 +27,7 @@ from medlora.data import (
     collate_packed,
 )
 from medlora.training import _checkpoint as ckpt
-from medlora.training._batches import ExampleOrder, StepLoader, to_device
+from medlora.training._batches import ExampleOrder, StepLoader, to_device, with_varlen_kwargs
 from medlora.training._callbacks import (
     JsonlLogger,
     dispatch,
@@ -136,9 +136,11 @@ class QLoRATrainer:
             return list(prepared.examples), padded
         attention = self.model.config._attn_implementation
         dense = attention not in PADDING_FREE_ATTENTION
+        varlen = attention.startswith("flash_attention")
 
         def packed(chunk: list[Any]) -> dict[str, Any]:
-            return dict(collate_packed(chunk, pad_id=pad_id, dense_mask=dense))
+            batch = dict(collate_packed(chunk, pad_id=pad_id, dense_mask=dense))
+            return with_varlen_kwargs(batch) if varlen else batch
 
         return prepared.rows(), packed
 
