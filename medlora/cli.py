@@ -208,8 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cuda_allocator_defaults() -> None:
+    """Expandable segments (less fragmentation with varying batch shapes, as packing and
+    padding give), set before CUDA starts and only when the user has set no allocator
+    configuration (torch reads ``PYTORCH_ALLOC_CONF``, or the older ``PYTORCH_CUDA_ALLOC_CONF``)."""
+    if "PYTORCH_ALLOC_CONF" not in os.environ:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medlora`` command; returns the exit status."""
+    _cuda_allocator_defaults()
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:

@@ -34,11 +34,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_gpu = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is available here")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--run-slow"):
+        if item.get_closest_marker("slow") and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
-        if "real" in item.keywords and not config.getoption("--run-slow"):
+        if item.get_closest_marker("real") and not config.getoption("--run-slow"):
             item.add_marker(skip_real)
-        if "gpu" in item.keywords and not has_gpu:
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(skip_gpu)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,21 @@ def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     text: Any = capsys.readouterr().out
     for command in ("quickstart", "train", "export"):
         assert command in text
+
+
+def test_cli_sets_expandable_segments_unless_the_user_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: m\noutput_dir: o\nmax_step: 3\n")
+    main(["train", str(config)])  # fails on the config, after the allocator default is set
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    main(["train", str(config)])
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:native")
+    main(["train", str(config)])
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ

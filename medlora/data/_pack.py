@@ -2,9 +2,11 @@
 
 Examples are placed into ``max_seq_len`` bins by best-fit-decreasing (longest first, each into
 the fullest bin that still has room). A packed row carries ``position_ids`` that restart at 0 for
-every example and a 4-D boolean block-diagonal causal ``attention_mask`` of shape
-``(batch, 1, seq, seq)``; transformers' ``masking_utils`` passes a 4-D mask to PyTorch SDPA as it
-is, so no flash-attn is needed and no example sees another.
+every example and no attention mask: transformers 5 (``attention_mask=None``) finds the example
+boundaries from ``position_ids`` and builds the block-diagonal causal mask itself, on the
+device (SDPA, eager), as a block mask that skips masked blocks (flex_attention), or runs
+FlashAttention variable-length. For attention code that cannot read ``position_ids``,
+``dense_mask=True`` adds a 4-D boolean ``(batch, 1, seq, seq)`` mask built here (the fallback).
 """
 
 from __future__ import annotations
@@ -80,20 +82,27 @@ def pack_examples(
 
 
 def collate_packed(
-    rows: Sequence[Sequence[TokenizedExample]], *, pad_id: int, width: int | None = None
+    rows: Sequence[Sequence[TokenizedExample]],
+    *,
+    pad_id: int,
+    width: int | None = None,
+    dense_mask: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Tensors for packed rows, each row a sequence of examples laid end to end.
 
-    Returns ``input_ids``, ``labels``, ``position_ids`` (batch, seq) and ``attention_mask``
-    (batch, 1, seq, seq), boolean, ``True`` where a query token may attend to a key token: the
-    causal triangle of its own example. Padding tokens attend only to themselves (so SDPA never
-    sees an all-masked row), carry label ``-100`` and are never attended to. Pass the dict to a
-    transformers Llama loaded with ``attn_implementation="sdpa"`` as keyword arguments.
+    Returns ``input_ids``, ``labels`` and ``position_ids`` (batch, seq); ``position_ids``
+    restart at 0 for every example, and the padding at a row's end counts as one more
+    example (it never attends to a real token, nor a real token to it). Pass the dict to a
+    transformers 5 Llama as keyword arguments (no ``attention_mask``).
 
     Args:
         rows: Examples per row (e.g. ``[[examples[i] for i in b] for b in bins]``).
         pad_id: Token id for padding (EOS for TinyLlama; told apart by position).
         width: Row length; defaults to the longest row.
+        dense_mask: Also return ``attention_mask`` (batch, 1, seq, seq), boolean, ``True``
+            where a query token may attend to a key token: the causal triangle of its own
+            example (padding attends only to itself). Only for attention code that cannot
+            separate examples by ``position_ids``; it rules out FlashAttention kernels.
     """
     import torch
 
@@ -114,14 +123,13 @@ def collate_packed(
             segment[r, at : at + n] = s
             at += n
         position_ids[r, at:] = torch.arange(width - at)
+    out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if not dense_mask:
+        return out
     same = segment[:, :, None] == segment[:, None, :]  # (batch, seq, seq)
     real = (segment >= 0)[:, :, None]
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     eye = torch.eye(width, dtype=torch.bool)
     mask = (same & real & causal) | eye  # padding: only itself
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "position_ids": position_ids,
-        "attention_mask": mask[:, None, :, :],
-    }
+    out["attention_mask"] = mask[:, None, :, :]
+    return out

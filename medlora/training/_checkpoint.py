@@ -37,13 +37,21 @@ DISK_HINT = (
 )
 
 
-def save_adapter(model: Any, base: Path, target: Path, tokenizer: Any = None) -> Path:
+def save_adapter(
+    model: Any,
+    base: Path,
+    target: Path,
+    tokenizer: Any = None,
+    *,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it
-    (``tokenizer``: the one loaded from ``base``, so it is not loaded again)."""
+    (``tokenizer``: the one loaded from ``base``, so it is not loaded again; ``state_dict``:
+    the adapter weights gathered from a sharded model)."""
     need = tree_size(target)  # about what the one it replaces took
     hint = DISK_HINT.format(what=f"{target.name}/")
     with atomic_dir(target, error=TrainingError, need=need, hint=hint) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         fault_point("adapter-write", target.name)
         copy_tokenizer_files(base, tmp, tokenizer)
         config_path = tmp / "adapter_config.json"
@@ -120,8 +128,11 @@ def save_checkpoint(
     order: dict[str, Any],
     state: dict[str, Any],
     keep: int,
+    adapter_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint for ``state["step"]`` atomically; keep only the latest ``keep``."""
+    """Write a checkpoint for ``state["step"]`` atomically; keep only the latest ``keep``.
+    ``adapter_state``/``optimizer_state``: full states gathered from a sharded (FSDP) run."""
     import torch
 
     target = run_dir / CHECKPOINTS / f"step-{state['step']:07d}"
@@ -129,10 +140,10 @@ def save_checkpoint(
     need = tree_size(latest[0]) if latest else 0  # checkpoints are all about the same size
     hint = DISK_HINT.format(what="checkpoint")
     with atomic_dir(target, error=TrainingError, need=need, hint=hint) as tmp:
-        model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=adapter_state)
         fault_point("checkpoint-write", target.name)
         blob = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "order": order,
@@ -147,24 +158,39 @@ def save_checkpoint(
 
 
 def load_adapter_weights(model: Any, adapter_dir: Path) -> None:
-    """Copy the adapter weights saved in ``adapter_dir`` into the peft ``model``."""
+    """Copy the adapter weights saved in ``adapter_dir`` into the peft ``model`` (its
+    parameters possibly sharded by FSDP)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(adapter_dir / "adapter_model.safetensors"))
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not any(hasattr(p, "device_mesh") for p in trainable.values()):
+        set_peft_model_state_dict(model, saved)
+        return
+    from medlora.training._sharding import load_adapter_state
+
+    # peft saves "...q_proj.lora_A.weight" for the parameter "...q_proj.lora_A.default.weight".
+    load_adapter_state(model, {n: saved[n.replace(".default.", ".")] for n in trainable})
 
 
 def load_checkpoint(
-    path: Path, *, model: Any, optimizer: Any, scheduler: Any
+    path: Path,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    load_optimizer: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore adapter, optimizer, scheduler and RNG from ``path``; returns (state, order)."""
+    """Restore adapter, optimizer, scheduler and RNG from ``path``; returns (state, order).
+    ``load_optimizer(state)`` replaces ``optimizer.load_state_dict`` (a sharded run)."""
     import torch
 
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         blob = torch.load(path / "trainer_state.pt", weights_only=False)
         load_adapter_weights(model, path / "adapter")
-        optimizer.load_state_dict(blob["optimizer"])
+        (load_optimizer or optimizer.load_state_dict)(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise TrainingError(

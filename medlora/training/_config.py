@@ -57,13 +57,13 @@ class QuantizationConfig(ConfigBase):
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = attrs.field(
         default="auto", validator=one_of("auto", "bfloat16", "float16", "float32")
     )
-    """Matmul dtype; ``auto`` picks bf16 where the GPU supports it, fp16 on older GPUs and
-    fp32 on CPU."""
-    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = attrs.field(
-        default="uint8", validator=one_of("uint8", "bfloat16", "float16", "float32")
+    """Dtype of the 4-bit matmuls; ``auto`` follows the trainer's ``mixed_precision`` (bf16
+    where the GPU supports it, fp16 on older GPUs, fp32 on CPU)."""
+    quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = attrs.field(
+        default="auto", validator=one_of("auto", "uint8", "bfloat16", "float16", "float32")
     )
-    """Storage dtype of the packed 4-bit weights. FSDP shards only tensors of one dtype: set
-    it to the dtype of the rest of the model (``bfloat16``) for FSDP + QLoRA."""
+    """Storage dtype of the packed 4-bit weights; ``auto`` is ``uint8``, except under
+    ``fsdp``, where it is the compute dtype (FSDP shards one dtype per unit)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -103,7 +103,25 @@ class TrainingConfig(ConfigBase):
     gradient_checkpointing: Literal["auto", "on", "off"] = attrs.field(
         default="auto", validator=one_of("auto", "on", "off")
     )
-    """Recompute activations to save memory; ``auto`` turns it on for GPUs only."""
+    """Recompute activations to save memory; ``auto`` turns it on only where the estimated
+    activations of one micro-batch would not fit in the GPU's free memory (off on CPU)."""
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = attrs.field(
+        default="auto", validator=one_of("auto", "bf16", "fp16", "no")
+    )
+    """Compute dtype of the whole model (activations, LoRA weights, norms, embeddings, head;
+    the loss is reduced in float32): ``auto`` is ``bf16`` on GPUs that have it, ``fp16`` (with
+    a gradient scaler and float32 adapter weights) on older GPUs, ``no`` (float32) on CPU."""
+    attn_implementation: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = (
+        attrs.field(
+            default="auto",
+            validator=one_of("auto", "sdpa", "flex_attention", "flash_attention_2", "eager"),
+        )
+    )
+    """Attention kernel (transformers' names); ``auto`` is ``flash_attention_2`` on a GPU
+    where flash-attn is installed, else ``sdpa``."""
+    fsdp: bool = False
+    """Shard the model over the launched processes with FSDP2 (``fully_shard`` per decoder
+    layer) instead of replicating it (DDP); launch with ``torchrun`` or ``accelerate launch``."""
     validation_fraction: float = attrs.field(
         default=0.1, converter=float, validator=in_range(0.0, 0.5)
     )
@@ -130,16 +148,27 @@ class TrainingConfig(ConfigBase):
     """Continue from the latest checkpoint in ``output_dir`` when there is one."""
     packing: bool = False
     """Pack several examples into each ``max_seq_len`` row (best-fit-decreasing), each one
-    attending only to itself: fewer padding tokens, same loss. Needs SDPA attention."""
+    attending only to itself: fewer padding tokens, same loss. Rows carry ``position_ids``
+    that restart per example and no attention mask (transformers builds the block mask on
+    the device, or FlashAttention runs variable-length); a dense mask only for attention
+    kernels that cannot read ``position_ids``."""
     loss_chunk_tokens: int = attrs.field(default=1024, validator=[integer, non_negative])
-    """Compute the loss over this many supervised tokens at a time, so the float32
-    (batch, seq, vocab) logits are never held whole (0: plain full-logits loss)."""
+    """Compute the head and loss over this many supervised tokens at a time, so the
+    (batch, seq, vocab) logits are never held whole (0: all supervised tokens at once)."""
+    loss_impl: Literal["auto", "chunked", "fused"] = attrs.field(
+        default="auto", validator=one_of("auto", "chunked", "fused")
+    )
+    """``chunked``: head + cross-entropy per chunk under activation checkpointing (least
+    memory; the head runs three times per chunk). ``fused``: the head runs once per chunk and
+    the gradient of the hidden states is formed right away. ``auto``: fused on GPUs, chunked
+    on CPU."""
     tensorboard: bool = True
     """Also log to TensorBoard (``run_dir/tensorboard``) when it is installed."""
     plot: bool = True
     """Draw ``loss.png`` in the run directory when matplotlib is installed."""
     log_every: int = attrs.field(default=1, validator=[integer, positive])
-    """Write a log line every N steps."""
+    """Log (and read the loss from the device) every N steps; callbacks' ``on_step`` runs
+    on these steps."""
     seed: int = attrs.field(default=0, validator=integer)
     """Seed for weights of the adapter, data order and dropout."""
     system_prompt: str | None = None

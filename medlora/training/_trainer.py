@@ -7,9 +7,10 @@ The loop runs on accelerate: one process on CPU or one GPU, or several under
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from medlora.data import (
     collate_packed,
 )
 from medlora.training import _checkpoint as ckpt
-from medlora.training._batches import ExampleOrder, step_batches
+from medlora.training._batches import ExampleOrder, StepLoader, to_device, with_varlen_kwargs
 from medlora.training._callbacks import (
     JsonlLogger,
     dispatch,
@@ -34,14 +35,37 @@ from medlora.training._callbacks import (
     tensorboard_logger,
 )
 from medlora.training._config import TrainingConfig
-from medlora.training._loss import causal_lm_loss, supervised_tokens, train_micro_step
-from medlora.training._model import attach_lora, count_4bit_linear, load_base_model
+from medlora.training._loss import with_loss_index
+from medlora.training._model import (
+    PADDING_FREE_ATTENTION,
+    Precision,
+    attach_lora,
+    count_4bit_linear,
+    decide_checkpointing,
+    load_base_model,
+    resolve_attention,
+    resolve_precision,
+)
 from medlora.training._result import TrainingResult, run_record
+
+log = logging.getLogger("medlora")
 
 OOM_ADVICE = (
     "out of accelerator memory: lower micro_batch_size (raise grad_accum_steps to keep the "
     "global batch), set gradient_checkpointing: on, or lower max_seq_len"
 )
+
+
+@contextlib.contextmanager
+def oom_as_error(advice: str = OOM_ADVICE) -> Iterator[None]:
+    """Turn torch's out-of-memory error into :class:`OutOfMemoryError` with ``advice``."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemoryError(advice) from exc
+
 
 __all__ = ["TOKENIZER_FILES", "QLoRATrainer", "TrainingResult"]
 
@@ -61,6 +85,13 @@ class QLoRATrainer:
     """Objects with any of the :class:`Callback` hooks ``on_step``, ``on_eval``, ``on_save``."""
     model: Any = attrs.field(default=None, init=False, repr=False)
     tokenizer: Any = attrs.field(default=None, init=False, repr=False)
+    precision: Precision | None = attrs.field(default=None, init=False, repr=False)
+    """How the model computes (set by :meth:`setup`)."""
+    runtime: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
+    """The choices :meth:`setup` made for this machine (precision, attention, gradient
+    checkpointing, loss, optimizer); written to ``medlora.json``."""
+    objective: Any = attrs.field(default=None, init=False, repr=False)
+    """The model and its loss as one module (sharded in place under FSDP)."""
 
     def _datasets(self) -> tuple[ClinicalDataset, ClinicalDataset | None]:
         cfg = self.config
@@ -100,74 +131,125 @@ class QLoRATrainer:
         if not cfg.packing:
 
             def padded(chunk: list[Any]) -> dict[str, Any]:
-                batch: dict[str, Any] = collate(chunk, pad_id=pad_id)
-                batch["input_tokens"] = int(batch["attention_mask"].sum())
-                return batch
+                return dict(collate(chunk, pad_id=pad_id))
 
             return list(prepared.examples), padded
+        attention = self.model.config._attn_implementation
+        dense = attention not in PADDING_FREE_ATTENTION
+        varlen = attention.startswith("flash_attention")
 
         def packed(chunk: list[Any]) -> dict[str, Any]:
-            batch: dict[str, Any] = collate_packed(chunk, pad_id=pad_id)
-            batch["input_tokens"] = sum(len(e) for row in chunk for e in row)
-            return batch
+            batch = dict(collate_packed(chunk, pad_id=pad_id, dense_mask=dense))
+            return with_varlen_kwargs(batch) if varlen else batch
 
         return prepared.rows(), packed
 
     def setup(self, device: Any = None) -> None:
-        """Load tokenizer and model (4-bit base + LoRA); called by :meth:`train` if needed."""
+        """Load tokenizer and model (4-bit base + LoRA) and decide how they compute here
+        (:attr:`runtime`); called by :meth:`train` if needed."""
         import torch
+
+        from medlora.training._objective import CausalLMLoss
 
         cfg = self.config
         base = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(base)
         torch.manual_seed(cfg.seed)
-        checkpointing = cfg.gradient_checkpointing == "on" or (
-            cfg.gradient_checkpointing == "auto" and torch.cuda.is_available()
+        dev = torch.device(
+            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
-        model = load_base_model(base, cfg.quantization, device=device)
+        precision = resolve_precision(cfg.mixed_precision, dev.type)
+        storage = None
+        if cfg.fsdp and cfg.quantization is not None and cfg.quantization.quant_storage == "auto":
+            storage = str(precision.dtype).removeprefix("torch.")  # one dtype per FSDP unit
+        attention = resolve_attention(cfg.attn_implementation, dev.type)
+        model = load_base_model(
+            base,
+            cfg.quantization,
+            device=device,
+            dtype=precision.dtype,
+            quant_storage=storage,
+            attn_implementation=attention,
+        )
         if device is not None and cfg.quantization is None:
-            model.to(device)
-        self.model = attach_lora(
-            model, cfg.lora, quantized=cfg.quantization is not None, checkpointing=checkpointing
+            with oom_as_error():
+                model.to(device)
+        checkpointing, why = decide_checkpointing(
+            cfg.gradient_checkpointing,
+            model.config,
+            tokens=cfg.micro_batch_size * cfg.max_seq_len,
+            dtype=precision.dtype,
+            device=dev,
         )
+        self.model = attach_lora(model, cfg.lora, checkpointing=checkpointing, precision=precision)
+        loss_impl = cfg.loss_impl
+        if loss_impl == "auto":
+            loss_impl = "fused" if dev.type == "cuda" else "chunked"
+        self.objective = CausalLMLoss(
+            self.model, impl=loss_impl, chunk_tokens=cfg.loss_chunk_tokens, precision=precision
+        )
+        self.precision = precision
+        self.runtime = {
+            "device": str(dev),
+            "mixed_precision": precision.name,
+            "attn_implementation": attention,
+            "packed_attention": (
+                "position_ids" if attention in PADDING_FREE_ATTENTION else "dense mask"
+            ),
+            "gradient_checkpointing": checkpointing,
+            "gradient_checkpointing_reason": why,
+            "loss_impl": loss_impl,
+        }
+        log.info("medlora runtime: %s", self.runtime)
 
     def evaluate(self, examples: Sequence[TokenizedExample], *, accelerator: Any = None) -> float:
         """Mean loss per supervised token over ``examples`` (no gradients; sharded over
-        processes when ``accelerator`` runs several)."""
+        processes when ``accelerator`` runs several). Reads the device once."""
         import torch
 
-        model, cfg = self.model, self.config
+        cfg, objective = self.config, self.objective
         rank, world = (
             (0, 1)
             if accelerator is None
             else (accelerator.process_index, accelerator.num_processes)
         )
-        was_training = model.training
-        model.eval()
-        device = next(p for p in model.parameters()).device
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, tokens)
-        mine = list(examples)[rank::world]
-        with torch.no_grad():
-            for start in range(0, len(mine), cfg.micro_batch_size):
-                batch = collate(
-                    mine[start : start + cfg.micro_batch_size], pad_id=self.tokenizer.pad_token_id
-                )
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss, n = causal_lm_loss(
-                    model, model.get_output_embeddings(), batch, chunk_tokens=cfg.loss_chunk_tokens
-                )
-                total += torch.tensor([loss.item(), n], dtype=torch.float64, device=device)
+        was_training = objective.training
+        objective.eval()
+        device = accelerator.device if accelerator is not None else self.model.device
+        everything = list(examples)
+        mine = everything[rank::world]
+        per_rank = -(-len(everything) // world)
+        mb = cfg.micro_batch_size
+        loss = torch.zeros((), dtype=torch.float64, device=device)
+        tokens = 0
+        with torch.no_grad(), oom_as_error():
+            # The same number of forwards on every rank (FSDP gathers weights per forward);
+            # a rank out of examples runs its first again with weight 0.
+            for start in range(0, per_rank, mb):
+                chunk, weight = mine[start : start + mb], 1
+                if not chunk:
+                    chunk, weight = everything[:1], 0
+                batch = with_loss_index(dict(collate(chunk, pad_id=self.tokenizer.pad_token_id)))
+                tokens += weight * int(batch["loss_targets"].shape[0])
+                loss += objective(**to_device(batch, device)).double() * weight
+        total = torch.stack([loss, torch.tensor(float(tokens), dtype=torch.float64).to(device)])
         if accelerator is not None and world > 1:
             total = accelerator.reduce(total, reduction="sum")
-        model.train(was_training)
-        return float(total[0] / total[1].clamp(min=1))
+        objective.train(was_training)
+        mean, count = total.tolist()
+        return float(mean / max(count, 1.0))
 
     def _optimizer(self, params: list[Any], device: Any) -> Any:
         import torch
 
         cfg = self.config
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+            fused = device.type == "cuda"  # one kernel for all parameters, no host sync
+            self.runtime["optimizer"] = "adamw (fused)" if fused else "adamw"
+            return torch.optim.AdamW(
+                params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None
+            )
+        self.runtime["optimizer"] = "paged_adamw_8bit"
         if device.type != "cuda":
             raise ConfigError(
                 "optimizer 'paged_adamw_8bit' needs a CUDA GPU (bitsandbytes pages its state "
@@ -201,7 +283,6 @@ class QLoRATrainer:
         import torch
         from accelerate import Accelerator
         from tqdm.auto import tqdm
-        from transformers import get_scheduler
 
         cfg = self.config
         resume = cfg.resume if resume is None else resume
@@ -224,40 +305,34 @@ class QLoRATrainer:
             if eval_set is not None and len(eval_set)
             else []
         )
-        peft_model = self.model
-        model = acc.prepare_model(peft_model)  # DDP- (or FSDP-) wrapped under several processes
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self._optimizer(params, acc.device)
-        scheduler = get_scheduler(
-            cfg.lr_scheduler,
-            optimizer,
-            num_warmup_steps=cfg.warmup_steps,
-            num_training_steps=cfg.max_steps,
-        )
-        order = ExampleOrder(len(train_items), seed=cfg.seed)
-        head = peft_model.get_output_embeddings()
-
-        st: dict[str, Any] = {
-            "step": 0,
-            "tokens": 0,
-            "input_tokens": 0,
-            "losses": [],
-            "best_eval_loss": math.inf,
-            "best_step": None,
-            "bad_evals": 0,
-            "initial_eval_loss": math.nan,
-        }
+        run = self._start_run(acc, len(train_items))
+        st = run.st
         latest = ckpt.checkpoint_dirs(run_dir)[-1:] if resume else []
         resumed_from = None
         if latest:
             st, order_state = ckpt.load_checkpoint(
-                latest[0], model=peft_model, optimizer=optimizer, scheduler=scheduler
+                latest[0],
+                model=self.model,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+                load_optimizer=run.load_optimizer_state,
             )
-            order.set_state(order_state)
+            run.st = st
+            run.order.set_state(order_state)
             resumed_from = st["step"]
         elif eval_examples:
             st["initial_eval_loss"] = self.evaluate(eval_examples, accelerator=acc)
         st["best_eval_loss"] = math.inf if st["best_step"] is None else st["best_eval_loss"]
+        run.loader = StepLoader(
+            run.order,
+            train_items,
+            micro_batch_size=cfg.micro_batch_size,
+            grad_accum_steps=cfg.grad_accum_steps,
+            collate_fn=collate_fn,
+            world=acc.num_processes,
+            rank=acc.process_index,
+            pin=acc.device.type == "cuda",
+        )
         timings["setup"] = time.perf_counter() - started
 
         jsonl = (
@@ -272,117 +347,73 @@ class QLoRATrainer:
         def save() -> None:
             nonlocal last_saved
             t = time.perf_counter()
+            self._flush(run, hooks, timings)
             if jsonl is not None:
                 jsonl.flush()
+            adapter, optim = None, None
+            if run.sharded:  # every rank gathers its shards; the main process writes
+                from medlora.training import _sharding
+
+                adapter = _sharding.adapter_state(self.model)
+                optim = _sharding.optimizer_state(run.model, run.optimizer)
             if main:
                 path = ckpt.save_checkpoint(
                     run_dir,
-                    model=peft_model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    order=order.state(),
-                    state=st,
+                    model=self.model,
+                    optimizer=run.optimizer,
+                    scheduler=run.scheduler,
+                    order=run.loader.state(),
+                    state=run.st,
                     keep=cfg.keep_checkpoints,
+                    adapter_state=adapter,
+                    optimizer_state=optim,
                 )
             acc.wait_for_everyone()
-            last_saved = st["step"]
+            last_saved = run.st["step"]
             timings["save"] += time.perf_counter() - t
             if main:
-                dispatch(hooks, "on_save", st["step"], path)
+                dispatch(hooks, "on_save", run.st["step"], path)
 
         stopped_early = False
-        bar = tqdm(
+        run.bar = tqdm(
             total=cfg.max_steps,
             initial=st["step"],
             desc="training",
             unit="step",
             disable=not (progress and main),
         )
-        model.train()
+        run.model.train()
         try:
-            while st["step"] < cfg.max_steps and not stopped_early:
-                t = time.perf_counter()
-                micro = step_batches(
-                    order,
-                    train_items,
-                    micro_batch_size=cfg.micro_batch_size,
-                    grad_accum_steps=cfg.grad_accum_steps,
-                    collate_fn=collate_fn,
-                    acc=acc,
-                )
-                counts = torch.tensor(
-                    [
-                        sum(supervised_tokens(b) for b in micro),
-                        sum(int(b["input_tokens"]) for b in micro),
-                    ],
-                    device=acc.device,
-                )
-                n_step, n_input = acc.reduce(counts, reduction="sum").tolist()
-                loss_sum = 0.0
-                for i, batch in enumerate(micro):  # no gradient sync until the last micro-batch
-                    sync = i == len(micro) - 1
-                    with contextlib.nullcontext() if sync else acc.no_sync(model):
-                        part, _ = train_micro_step(
-                            model,
-                            head,
-                            batch,
-                            scale=acc.num_processes / max(n_step, 1),
-                            chunk_tokens=cfg.loss_chunk_tokens,
-                            backward=acc.backward,
+            with oom_as_error():
+                while run.st["step"] < cfg.max_steps and not stopped_early:
+                    t = time.perf_counter()
+                    self._step(run)
+                    step = run.st["step"]
+                    if step % cfg.log_every == 0 or step == cfg.max_steps:
+                        self._flush(run, hooks, timings, since=t)  # the one device read
+                    else:
+                        timings["train"] += time.perf_counter() - t
+                    if eval_examples and cfg.eval_every and step % cfg.eval_every == 0:
+                        self._flush(run, hooks, timings)
+                        stopped_early = self._periodic_eval(
+                            eval_examples, acc, run.st, hooks, run_dir, timings
                         )
-                    loss_sum += part
-                grad_norm = (
-                    float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
-                    if cfg.max_grad_norm > 0
-                    else float("nan")
-                )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                total = acc.reduce(torch.tensor([loss_sum], device=acc.device), reduction="sum")
-                mean = float(total.item()) / max(n_step, 1)  # (sum over all processes) / tokens
-                st["step"] += 1
-                step = st["step"]
-                if not math.isfinite(mean):
-                    raise TrainingError(
-                        f"loss became {mean} at step {step}; lower learning_rate or check the data"
-                    )
-                st["losses"].append(mean)
-                st["tokens"] += int(n_step)
-                st["input_tokens"] += int(n_input)
-                timings["train"] += time.perf_counter() - t
-                logs = {
-                    "step": step,
-                    "loss": mean,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "tokens": st["tokens"],
-                    "tokens_per_s": st["input_tokens"] / timings["train"],
-                }
-                if main:
-                    dispatch(hooks, "on_step", step, logs)
-                bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
-                bar.update()
-                if eval_examples and cfg.eval_every and step % cfg.eval_every == 0:
-                    stopped_early = self._periodic_eval(
-                        eval_examples, acc, st, hooks, run_dir, timings
-                    )
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save()
+                    if cfg.save_every and step % cfg.save_every == 0:
+                        save()
         except KeyboardInterrupt:
-            if st["step"] > last_saved:
+            if run.st["step"] > last_saved:
                 save()
             raise
-        except torch.OutOfMemoryError as exc:
-            raise OutOfMemoryError(OOM_ADVICE) from exc
         finally:
-            bar.close()
+            run.loader.close()
+            run.bar.close()
             for hook in (jsonl, board):
                 if hook is not None:
                     hook.close()
+        self._flush(run, hooks, timings)
         return self._finish(
             acc,
-            st,
+            run.st,
             eval_examples,
             train_set,
             eval_set,
@@ -392,6 +423,156 @@ class QLoRATrainer:
             timings=timings,
             started=started,
         )
+
+    def _start_run(self, acc: Any, n_items: int) -> _Run:
+        """Wrap the model for the launched processes (DDP, or FSDP2 sharding), and make the
+        optimizer, scheduler and gradient scaler."""
+        import torch
+        from accelerate.utils import DistributedType
+        from transformers import get_scheduler
+
+        cfg = self.config
+        precision = self.precision or resolve_precision(cfg.mixed_precision, acc.device.type)
+        sharded = cfg.fsdp or acc.distributed_type == DistributedType.FSDP
+        if sharded:
+            from medlora.training import _sharding
+
+            model = _sharding.shard(self.objective)
+        else:
+            model = acc.prepare_model(self.objective)  # DDP-wrapped under several processes
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = self._optimizer(params, acc.device)
+        scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=cfg.max_steps,
+        )
+        self.runtime["fsdp"] = sharded
+        self.runtime["world_size"] = acc.num_processes
+        if acc.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # what is left in float32
+            torch.backends.cudnn.allow_tf32 = True
+        return _Run(
+            acc=acc,
+            model=model,
+            sharded=sharded,
+            params=params,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler(acc.device.type, enabled=precision.scaler),
+            order=ExampleOrder(n_items, seed=cfg.seed),
+            st={
+                "step": 0,
+                "tokens": 0,
+                "input_tokens": 0,
+                "losses": [],
+                "best_eval_loss": math.inf,
+                "best_step": None,
+                "bad_evals": 0,
+                "initial_eval_loss": math.nan,
+            },
+        )
+
+    def _step(self, run: _Run) -> None:
+        """One optimizer step: forward and backward every micro-batch, clip, update. Reads
+        nothing back from the device: the loss and gradient norm wait in ``run.pending``."""
+        import torch
+
+        cfg, acc = self.config, run.acc
+        batches = run.loader.next()
+        # Each micro-batch's summed loss becomes its share of the step's mean: world size over
+        # the step's supervised tokens on every process (DDP and FSDP average gradients).
+        scale = acc.num_processes / max(batches.supervised, 1)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
+        for i, cpu_batch in enumerate(batches.micro):
+            batch = to_device(cpu_batch, acc.device)
+            with self._grad_sync(run, i == len(batches.micro) - 1):
+                loss = run.model(**batch)
+                run.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach()
+        run.scaler.unscale_(run.optimizer)
+        norm = None
+        if cfg.max_grad_norm > 0:  # global norm: DDP grads are reduced, FSDP's are DTensors
+            norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
+            norm = norm.to_local() if hasattr(norm, "to_local") else norm
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        if acc.num_processes > 1:
+            loss_sum = acc.reduce(loss_sum, reduction="sum")  # a collective, not a host read
+        st = run.st
+        st["step"] += 1
+        st["tokens"] += batches.supervised
+        st["input_tokens"] += batches.input_tokens
+        run.pending.append(
+            (st["step"], loss_sum, norm, batches.supervised, run.scheduler.get_last_lr()[0])
+        )
+        run.bar.update()
+
+    @contextlib.contextmanager
+    def _grad_sync(self, run: _Run, sync: bool) -> Iterator[None]:
+        """No gradient reduction until the last micro-batch of a step."""
+        if sync or run.acc.num_processes == 1:
+            yield
+        elif run.sharded:
+            run.model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                run.model.set_requires_gradient_sync(True)
+        else:
+            with run.acc.no_sync(run.model):
+                yield
+
+    def _flush(
+        self,
+        run: _Run,
+        hooks: list[Any],
+        timings: dict[str, float],
+        *,
+        since: float | None = None,
+    ) -> None:
+        """Read the waiting steps' losses and gradient norms in one transfer, check them, and
+        log the logged steps (``since``: when the current step started, to time it)."""
+        import torch
+
+        pending, run.pending = run.pending, []
+        if not pending:
+            return
+        cfg, st = self.config, run.st
+        losses = [loss.float().reshape(()) for _, loss, _, _, _ in pending]
+        norms = [
+            loss.new_full((), math.nan) if norm is None else norm.float().reshape(())
+            for _, loss, norm, _, _ in pending
+        ]
+        values = torch.stack(losses + norms).tolist()  # the one device read
+        if since is not None:  # the read waited for the queued steps: their time counts
+            timings["train"] += time.perf_counter() - since
+        logged = []
+        for j, (step, _, _, count, lr) in enumerate(pending):
+            mean = values[j] / max(count, 1)  # (sum over all processes) / tokens
+            if not math.isfinite(mean):
+                raise TrainingError(
+                    f"loss became {mean} at step {step}; lower learning_rate or check the data"
+                )
+            st["losses"].append(mean)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                logged.append((step, mean, lr, values[len(pending) + j]))
+        for step, mean, lr, norm in logged:  # after the bookkeeping: a hook may interrupt
+            logs = {
+                "step": step,
+                "loss": mean,
+                "lr": lr,
+                "grad_norm": norm,
+                "tokens": st["tokens"],
+                "input_tokens": st["input_tokens"],
+                "tokens_per_s": st["input_tokens"] / max(timings["train"], 1e-9),
+            }
+            run.bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
+            if run.acc.is_main_process:
+                dispatch(hooks, "on_step", step, logs)
 
     def _periodic_eval(
         self,
@@ -414,8 +595,8 @@ class QLoRATrainer:
             )
         if loss < st["best_eval_loss"] - cfg.early_stopping_min_delta:
             st.update(best_eval_loss=loss, best_step=st["step"], bad_evals=0)
-            if cfg.select_best and acc.is_main_process:
-                self._save_adapter(run_dir / "best-adapter")
+            if cfg.select_best:
+                self._save_adapter(run_dir / "best-adapter", acc)
             acc.wait_for_everyone()
         else:
             st["bad_evals"] += 1
@@ -446,10 +627,9 @@ class QLoRATrainer:
         final = self.evaluate(eval_examples, accelerator=acc) if eval_examples else math.nan
         timings["eval"] += time.perf_counter() - t
         adapter_dir = run_dir / "adapter"
-        if main:
-            self._save_adapter(adapter_dir)
-            if cfg.plot and (run_dir / "log.jsonl").is_file():
-                plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
+        self._save_adapter(adapter_dir, acc)
+        if main and cfg.plot and (run_dir / "log.jsonl").is_file():
+            plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
         acc.wait_for_everyone()
         seconds = time.perf_counter() - started
         best = st["best_step"]
@@ -475,10 +655,51 @@ class QLoRATrainer:
             adapter_step = best if source == "best" else st["step"]
             record = run_record(result, cfg.to_dict(), train_set, eval_set, source, adapter_step)
             record["world_size"] = acc.num_processes
+            record["runtime"] = dict(self.runtime)
             write_json(run_dir / "medlora.json", record)
         return result
 
-    def _save_adapter(self, target: Path) -> Path:
-        return ckpt.save_adapter(
-            self.model, resolve_model(self.config.model), target, self.tokenizer
-        )
+    def _save_adapter(self, target: Path, acc: Any = None) -> Path:
+        """Write the adapter from the main process; under FSDP every rank gathers first."""
+        from medlora.training._sharding import adapter_state, is_sharded
+
+        state = adapter_state(self.model) if is_sharded(self.objective) else None
+        if acc is None or acc.is_main_process:
+            ckpt.save_adapter(
+                self.model,
+                resolve_model(self.config.model),
+                target,
+                self.tokenizer,
+                state_dict=state,
+            )
+        return target
+
+
+@attrs.define
+class _Run:
+    """The mutable state of one training run, shared by the loop's steps."""
+
+    acc: Any
+    model: Any
+    """The (DDP-wrapped or FSDP-sharded) :class:`CausalLMLoss`."""
+    sharded: bool
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    order: ExampleOrder
+    st: dict[str, Any]
+    """Step, token counts, per-step losses, best eval loss and step, patience (checkpointed)."""
+    loader: Any = None
+    bar: Any = None
+    pending: list[tuple[int, Any, Any, int, float]] = attrs.field(factory=list)
+    """Steps whose loss and gradient norm are still on the device."""
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's optimizer state (a full, gathered state when sharded)."""
+        if self.sharded:
+            from medlora.training._sharding import load_optimizer_state
+
+            load_optimizer_state(self.model, self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)

@@ -22,7 +22,10 @@ def test_best_fit_decreasing_fills_bins_and_reports_efficiency() -> None:
     assert report.efficiency == pytest.approx(28 / 30)
 
 
-def test_packed_example_logits_equal_the_example_alone(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("dense_mask", [False, True], ids=["position-ids", "dense-mask"])
+def test_packed_example_logits_equal_the_example_alone(
+    tiny_model_dir: Path, dense_mask: bool
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -36,9 +39,12 @@ def test_packed_example_logits_equal_the_example_alone(tiny_model_dir: Path) -> 
     assert prepared.packing is not None and prepared.packing.efficiency > 0.9
     rows = [r for r in prepared.rows() if len(r) >= 2][:2]
     assert len(rows) == 2
-    batch = collate_packed(rows, pad_id=tokenizer.pad_token_id, width=512)
+    batch = collate_packed(rows, pad_id=tokenizer.pad_token_id, width=512, dense_mask=dense_mask)
+    assert ("attention_mask" in batch) is dense_mask
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        # No KV cache: with one, transformers does not read packed position_ids.
+        packed = model(**inputs, use_cache=False).logits
         worst = 0.0
         for r, row in enumerate(rows):
             at = 0
@@ -56,5 +62,5 @@ def test_packed_example_logits_equal_the_example_alone(tiny_model_dir: Path) -> 
     n0 = len(rows[0][0])
     assert float((leaky[0, n0 : n0 + 5] - packed[0, n0 : n0 + 5]).abs().max()) > 1e-2
     # Training loss on a packed batch is finite and uses only supervised labels.
-    loss = model(**batch).loss
+    loss = model(**batch, use_cache=False).loss
     assert torch.isfinite(loss)

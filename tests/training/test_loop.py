@@ -251,6 +251,12 @@ def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: P
     assert max_abs_diff(adapter_weights(a.adapter_dir), adapter_weights(b.adapter_dir)) <= 1e-6
 
 
+def _raise_oom(*args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
 def test_cuda_oom_becomes_out_of_memory_error_with_advice(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,17 +266,85 @@ def test_cuda_oom_becomes_out_of_memory_error_with_advice(
         small_config(tiny_model_dir, tmp_path, max_steps=2), dataset=small_data()
     )
     trainer.setup()
-
-    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(trainer.model, "forward", out_of_memory)
+    monkeypatch.setattr(trainer.objective, "forward", _raise_oom)
     with pytest.raises(OutOfMemoryError, match="lower micro_batch_size") as info:
         trainer.train(progress=False)
     assert isinstance(info.value, MemoryError)
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
     assert "gradient_checkpointing: on" in str(info.value) and "max_seq_len" in str(info.value)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_oom_in_evaluation_and_loading_is_translated_too(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    held_out = small_data(4, start=40)
+    trainer = QLoRATrainer(
+        small_config(tiny_model_dir, tmp_path, max_steps=2),
+        dataset=small_data(),
+        eval_dataset=held_out,
+    )
+    trainer.setup()
+    monkeypatch.setattr(trainer.objective, "forward", _raise_oom)
+    with pytest.raises(OutOfMemoryError, match="lower micro_batch_size"):
+        trainer.train(progress=False)  # the initial evaluation, before the first step
+    examples = list(held_out.prepare(trainer.tokenizer, max_seq_len=64).examples)
+    with pytest.raises(OutOfMemoryError, match="lower micro_batch_size"):
+        trainer.evaluate(examples)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _raise_oom)
+    with pytest.raises(OutOfMemoryError, match="while loading the base model"):
+        QLoRATrainer(small_config(tiny_model_dir, tmp_path)).setup()
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_hot_loop_reads_the_device_once_per_logged_step(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packing: bool
+) -> None:
+    import threading
+
+    import torch
+
+    config = small_config(
+        tiny_model_dir, tmp_path, max_steps=6, log_every=3, grad_accum_steps=2, packing=packing
+    )
+    trainer = QLoRATrainer(config, dataset=small_data())
+    trainer.setup()
+    reads: list[tuple[str, str]] = []
+    looping = [True]  # until the loop ends (saving the adapter reads bitsandbytes' state)
+
+    def counter(name: str) -> Any:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            # torch.optim's CPU AdamW reads its CPU step counters (fused CUDA AdamW does not).
+            on_main = threading.current_thread() is threading.main_thread()
+            if looping[0] and on_main and not caller.startswith("torch.optim"):
+                reads.append((name, caller))
+            return real(self, *args, **kwargs)
+
+        return counted
+
+    for name in ("item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counter(name))
+    finish = QLoRATrainer._finish
+
+    def stop_counting(self: QLoRATrainer, *args: Any, **kwargs: Any) -> Any:
+        looping[0] = False
+        return finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(QLoRATrainer, "_finish", stop_counting)
+    result = trainer.train(progress=False)
+    monkeypatch.undo()
+    assert result.steps == 6 and len(result.train_losses) == 6
+    # Before: one .item() per micro-batch for its token count and its loss, a .tolist() of
+    # the step's counts and an .item() of the step's loss: 10 reads per step here.
+    assert len(reads) <= 6 // 3, reads
+    logged = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").open()]
+    assert logged == [3, 6]
 
 
 def test_paged_8bit_adamw_on_cpu_is_a_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:

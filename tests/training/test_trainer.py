@@ -78,15 +78,15 @@ def test_adapter_reloads_in_peft_with_identical_logits(trained_run: Any) -> None
 def test_nan_loss_stops_training(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medlora.training._trainer as trainer_module
     from medlora import TrainingError
-    from medlora.training._loss import train_micro_step as real
+    from medlora.training._objective import CausalLMLoss
 
-    def poisoned(*args: Any, **kwargs: Any) -> tuple[float, int]:
-        loss, n = real(*args, **kwargs)
-        return loss * float("nan"), n
+    real = CausalLMLoss.forward
 
-    monkeypatch.setattr(trainer_module, "train_micro_step", poisoned)
+    def poisoned(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return real(self, *args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(CausalLMLoss, "forward", poisoned)
     config = TrainingConfig(
         model=str(tiny_model_dir),
         output_dir=tmp_path,
