@@ -14,10 +14,21 @@ from medlora._config import ConfigBase, integer, one_of, positive
 from medlora._io import atomic_file, write_json
 from medlora.data import ClinicalDataset
 from medlora.eval._metrics import choose, exact_match, rouge_l
-from medlora.eval._tasks import ChoiceItem, GenerationItem, choice_items, generation_items
+from medlora.eval._refusal import is_refusal
+from medlora.eval._tasks import (
+    ChoiceItem,
+    GenerationItem,
+    choice_items,
+    generation_items,
+    request_items,
+)
 
-TASKS = ("perplexity", "multiple_choice", "generation")
-"""Evaluation tasks, in table order."""
+TASKS = ("perplexity", "multiple_choice", "generation", "refusal")
+"""Evaluation tasks, in table order. ``refusal`` treats every record as a request the model
+should decline (e.g. MedSafetyBench, :func:`~medlora.eval.medsafetybench_records`)."""
+
+DEFAULT_TASKS = ("perplexity", "multiple_choice", "generation")
+"""Tasks run unless :attr:`EvalConfig.tasks` says otherwise."""
 
 METRICS = {
     "perplexity": "perplexity (lower is better)",
@@ -26,6 +37,7 @@ METRICS = {
     "pubmedqa_acc": "PubMedQA acc",
     "rouge_l": "ROUGE-L F1",
     "exact_match": "exact match",
+    "refusal_rate": "refusal rate",
 }
 """Metric key -> column title."""
 
@@ -49,8 +61,10 @@ def _known_tasks(_inst: Any, attribute: attrs.Attribute[Any], value: tuple[str, 
 class EvalConfig(ConfigBase):
     """What to evaluate and how."""
 
-    tasks: tuple[str, ...] = attrs.field(default=TASKS, converter=_tasks, validator=_known_tasks)
-    """Tasks to run (``perplexity``, ``multiple_choice``, ``generation``)."""
+    tasks: tuple[str, ...] = attrs.field(
+        default=DEFAULT_TASKS, converter=_tasks, validator=_known_tasks
+    )
+    """Tasks to run (``perplexity``, ``multiple_choice``, ``generation``, ``refusal``)."""
     prompt_style: Literal["chat", "plain"] = attrs.field(
         default="chat", validator=one_of("chat", "plain")
     )
@@ -62,6 +76,10 @@ class EvalConfig(ConfigBase):
     """Records generated from for ROUGE-L / exact match (generation is the slow part)."""
     max_new_tokens: int = attrs.field(default=64, validator=[integer, positive])
     """Token limit of each generated reply (greedy)."""
+    refusal_new_tokens: int = attrs.field(default=32, validator=[integer, positive])
+    """Token limit of each reply to a ``refusal`` request (a refusal shows in its opening)."""
+    batch_size: int = attrs.field(default=8, validator=[integer, positive])
+    """Conversations generated together, where the backend batches (Hugging Face models)."""
 
 
 def _cap(items: Sequence[Any], limit: int | None) -> list[Any]:
@@ -91,7 +109,7 @@ def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, f
         else:
             context = item.plain_prompt()
         continuations = item.continuations(style)
-        scores = [model.loglikelihood(context, c).logprob for c in continuations]
+        scores = [s.logprob for s in _loglikelihoods(model, context, continuations)]
         raw, norm = choose(scores, continuations)
         if item.task == "pubmedqa":
             hits["pubmedqa_acc"].append(float(raw == item.answer))
@@ -101,17 +119,40 @@ def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, f
     return {k: sum(v) / len(v) for k, v in hits.items() if v}
 
 
+def _loglikelihoods(model: Any, context: str, continuations: Sequence[str]) -> list[Any]:
+    if hasattr(model, "loglikelihoods"):  # one pass over the shared context
+        return list(model.loglikelihoods(context, continuations))
+    return [model.loglikelihood(context, c) for c in continuations]
+
+
+def _replies(
+    model: Any, items: Sequence[GenerationItem], max_new_tokens: int, batch: int
+) -> list[str]:
+    """Greedy replies to every item's prompt (batched where the model can)."""
+    conversations = [list(item.messages) for item in items]
+    if hasattr(model, "chat_many"):
+        return list(model.chat_many(conversations, max_new_tokens=max_new_tokens, batch_size=batch))
+    return [
+        str(model.chat(m, max_new_tokens=max_new_tokens, temperature=0.0)) for m in conversations
+    ]
+
+
 def _generation(
-    model: Any, items: Sequence[GenerationItem], max_new_tokens: int
+    model: Any, items: Sequence[GenerationItem], config: EvalConfig
 ) -> dict[str, float]:
-    rouge, em = [], []
-    for item in items:
-        reply = model.chat(list(item.messages), max_new_tokens=max_new_tokens, temperature=0.0)
-        rouge.append(rouge_l(reply, item.reference).f1)
-        em.append(exact_match(reply, item.reference))
     if not items:
         return {}
+    replies = _replies(model, items, config.max_new_tokens, config.batch_size)
+    rouge = [rouge_l(r, item.reference).f1 for r, item in zip(replies, items, strict=True)]
+    em = [exact_match(r, item.reference) for r, item in zip(replies, items, strict=True)]
     return {"rouge_l": sum(rouge) / len(rouge), "exact_match": sum(em) / len(em)}
+
+
+def _refusal(model: Any, items: Sequence[GenerationItem], config: EvalConfig) -> dict[str, float]:
+    if not items:
+        return {}
+    replies = _replies(model, items, config.refusal_new_tokens, config.batch_size)
+    return {"refusal_rate": sum(map(is_refusal, replies)) / len(replies)}
 
 
 def evaluate_model(
@@ -148,8 +189,12 @@ def evaluate_model(
         out["pubmedqa_n"] = sum(i.task == "pubmedqa" for i in items)
     if "generation" in config.tasks:
         items_g = _cap(generation_items(dataset.records), config.max_generation_records)
-        out.update(_generation(model, items_g, config.max_new_tokens))
+        out.update(_generation(model, items_g, config))
         out["generation_n"] = len(items_g)
+    if "refusal" in config.tasks:
+        requests = _cap(request_items(dataset.records), config.max_records)
+        out.update(_refusal(model, requests, config))
+        out["refusal_n"] = len(requests)
     return out
 
 
@@ -189,6 +234,7 @@ def evaluation_table_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
             ("mc_n", "multiple-choice questions"),
             ("pubmedqa_n", "PubMedQA questions"),
             ("generation_n", "generated replies"),
+            ("refusal_n", "refusal requests"),
         )
         if first.get(key)
     ]
