@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,62 +30,16 @@ def _quiet_libraries() -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from medlora import AdapterExporter, ExportConfig, QLoRATrainer, TrainingConfig
-    from medlora.export import open_gguf
-    from medlora.testing import make_tiny_llama
+    from medlora._quickstart import QuickstartOptions, run_quickstart
 
-    out = Path(args.out)
-    started = time.perf_counter()
-    print(f"medlora quickstart -> {out}/  (offline, CPU, embedded synthetic clinical data)")
-    print("[1/4] building a tiny Llama base model and its SentencePiece tokenizer ...")
-    base = make_tiny_llama(out / "base-model", pretrain_steps=args.pretrain_steps, seed=args.seed)
-    print("[2/4] QLoRA training (NF4 4-bit base + LoRA on all linear layers) ...")
-    config = TrainingConfig(
-        model=str(base),
-        output_dir=out / "run",
-        max_steps=args.steps,
-        micro_batch_size=4,
-        learning_rate=3e-3,
-        warmup_steps=4,
-        max_seq_len=512,
+    options = QuickstartOptions(
+        out=args.out,
+        tiny=args.tiny,
+        steps=args.steps,
+        pretrain_steps=args.pretrain_steps,
         seed=args.seed,
     )
-    result = QLoRATrainer(config).train(progress=True)
-    print("[3/4] exporting adapter, merged safetensors and GGUF (F16, Q4_K_M) with parity checks")
-    exported = AdapterExporter(result, ExportConfig(gguf_types=("F16", "Q4_K_M"))).export(
-        out / "export"
-    )
-    print("[4/4] asking the Q4_K_M GGUF model in llama.cpp ...")
-    question = "What are warning signs of pneumonia that need urgent care?"
-    llm = open_gguf(exported.gguf_files["Q4_K_M"], n_ctx=1024)
-    reply = llm.create_chat_completion(
-        messages=[{"role": "user", "content": question}], max_tokens=48, temperature=0.0
-    )
-    answer = reply["choices"][0]["message"]["content"].strip()
-    llm.close()
-    losses = result.train_losses
-    head = sum(losses[:5]) / min(5, len(losses))
-    tail = sum(losses[-5:]) / min(5, len(losses))
-    print()
-    print("Report")
-    print(f"  training loss      {head:.3f} (first 5 steps) -> {tail:.3f} (last 5 steps)")
-    print(
-        f"  held-out loss      {result.initial_eval_loss:.3f} -> {result.final_eval_loss:.3f}"
-        f"  ({result.steps} steps, {result.quantized_modules} Linear4bit modules)"
-    )
-    print(f"  adapter            {exported.adapter_dir}")
-    print(f"  merged (vLLM)      {exported.merged_dir}  [merge: {exported.merge_strategy}]")
-    for qtype, path in exported.gguf_files.items():
-        row = exported.parity["artefacts"][f"gguf {qtype}"]
-        print(
-            f"  GGUF {qtype:<13} {path}  (top-1 agreement {row['top1_within_tie']:.3f}"
-            f" counting ties, {row['top1']:.3f} raw)"
-        )
-    print(f"  model card         {exported.out_dir / 'README.md'}")
-    print(f"  question           {question}")
-    print(f"  GGUF answer        {answer!r}")
-    print("  (a tiny model trained for seconds: the words are clinical, the sense is not)")
-    print(f"done in {time.perf_counter() - started:.0f} s")
+    run_quickstart(options)
     return 0
 
 
@@ -182,11 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="medlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    quick = sub.add_parser("quickstart", help="run the whole chain on the embedded default")
+    quick = sub.add_parser(
+        "quickstart",
+        help="fine-tune SmolLM2-135M-Instruct on the embedded data, export it, ask the GGUF",
+    )
     quick.add_argument("--out", default="medlora-quickstart", help="output directory")
-    quick.add_argument("--steps", type=int, default=160, help="QLoRA training steps")
     quick.add_argument(
-        "--pretrain-steps", type=int, default=120, help="pre-training steps of the tiny base model"
+        "--tiny",
+        action="store_true",
+        help="use a tiny model built in-process instead (no download at all)",
+    )
+    quick.add_argument(
+        "--steps", type=int, help="QLoRA training steps (default 24; 160 with --tiny)"
+    )
+    quick.add_argument(
+        "--pretrain-steps", type=int, default=120, help="pre-training steps of the --tiny model"
     )
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_quickstart)

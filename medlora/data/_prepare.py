@@ -13,7 +13,7 @@ import attrs
 from medlora._errors import DatasetError
 from medlora._io import atomic_file
 from medlora.data._pack import PackingReport, pack_examples
-from medlora.data._tokenize import IGNORE_INDEX, TokenizedExample, tokenize_batch
+from medlora.data._tokenize import IGNORE_INDEX, TokenizedExample, tokenize_from
 
 Truncation = Literal["right", "drop"]
 _CHUNK = 1024
@@ -71,9 +71,7 @@ def tokenize_all(
     truncated = dropped = 0
     for at in range(0, len(conversations), _CHUNK):
         chunk = conversations[at : at + _CHUNK]
-        for ex in tokenize_batch(
-            tokenizer, chunk, max_seq_len=max_seq_len, assistant_only=assistant_only
-        ):
+        for ex in tokenize_from(tokenizer, chunk, max_seq_len, assistant_only, first_index=at):
             if ex.truncated and truncation == "drop":
                 dropped += 1
                 continue

@@ -1,10 +1,17 @@
 """Chat template -> token ids with assistant-only labels, one path for training and serving.
 
-The conversation is rendered to text once with the tokenizer's chat template (TinyLlama's
-Zephyr format when the tokenizer has none) and tokenized once, with ``<s>`` added by the
-tokenizer, exactly as llama.cpp and vLLM will see it at serving time. Labels keep the tokens
-whose characters fall inside an assistant reply *or its closing EOS*, so the model learns to
-stop; everything else is ``-100``. Padding is masked by position, never by token id (pad is EOS).
+A conversation is rendered with the *served* chat template (the tokenizer's own, or
+TinyLlama's Zephyr format when it has none; see :func:`medlora._template.served_chat_template`)
+and tokenized without adding special tokens: exactly what vLLM's chat endpoint and
+llama-cpp-python's chat handler do with the exported template. So the ids start with one BOS
+when the tokenizer adds one on encode (the template renders it, or gains ``{{ bos_token }}``)
+and with none when it does not (SmolLM2, whose ``bos_token`` is ChatML's ``<|im_start|>``).
+
+Labels keep the tokens of every assistant reply and of the template text after it through the
+first special token, the one that ends the turn (``</s>``, ``<|im_end|>``, ``<|eot_id|>``), so
+the model learns to stop; everything else is ``-100``. Replies are located from the structure
+of the rendering (:mod:`medlora.data._chat`), never by searching for their text. Padding is
+masked by position, never by token id (pad is EOS).
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from typing import Any
 
 import attrs
 
-from medlora._template import ZEPHYR_CHAT_TEMPLATE, strip_leading_bos
+from medlora._errors import DatasetError, DatasetProblem
+from medlora._template import strip_leading_bos
+from medlora.data._chat import ChatFormat, TemplateMismatch, chat_format
 
 IGNORE_INDEX = -100
 """Label value that the loss ignores."""
@@ -25,7 +34,7 @@ class TokenizedExample:
     """One training example: token ids and their labels (``-100`` where no loss is taken)."""
 
     input_ids: tuple[int, ...]
-    """Token ids, starting with BOS."""
+    """Token ids, starting with BOS when the model uses one."""
     labels: tuple[int, ...]
     """Same length as ``input_ids``; ``-100`` outside the supervised spans."""
     truncated: bool = False
@@ -35,70 +44,36 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
-def chat_template_of(tokenizer: Any) -> str:
-    """The tokenizer's own chat template, or TinyLlama's Zephyr template when it has none."""
-    template = getattr(tokenizer, "chat_template", None)
-    return template if isinstance(template, str) and template else ZEPHYR_CHAT_TEMPLATE
-
-
 def render(
     tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool = False
 ) -> str:
-    """Render messages to the exact text the model is trained and served on, without the
-    template's leading BOS: tokenizing it (special tokens added) puts ``<s>`` back once."""
-    text = tokenizer.apply_chat_template(
-        list(messages),
-        chat_template=chat_template_of(tokenizer),
-        tokenize=False,
-        add_generation_prompt=generation_prompt,
-    )
-    return strip_leading_bos(str(text), tokenizer.bos_token)
+    """Render messages with the served chat template, as ``tokenizer(text)`` expects them.
 
-
-def _render_zephyr(messages: Sequence[Mapping[str, str]], eos: str) -> str:
-    """Pure-Python rendering of the default template: the same text, without Jinja's cost."""
-    parts = []
-    for message in messages:
-        role = message["role"]
-        if role in ("system", "user", "assistant"):
-            parts.append(f"<|{role}|>\n{message['content']}{eos}\n")
-    return "".join(parts)
+    ``tokenizer(render(...))["input_ids"]`` are the ids medlora trains on and servers build:
+    the leading BOS text is left out when the tokenizer adds BOS itself (it puts it back once)
+    and kept otherwise. A tokenizer that adds no BOS keeps the whole rendering: SmolLM2's text
+    starts with ``<|im_start|>``.
+    """
+    fmt = chat_format(tokenizer)
+    text = fmt.render(messages, generation_prompt=generation_prompt)
+    return strip_leading_bos(text, tokenizer.bos_token) if fmt.adds_bos else text
 
 
 def render_fast(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     """:func:`render` without a generation prompt; skips Jinja for the default template."""
-    if chat_template_of(tokenizer) == ZEPHYR_CHAT_TEMPLATE:
-        return _render_zephyr(messages, tokenizer.eos_token or "")
-    return render(tokenizer, messages)
+    fmt = chat_format(tokenizer)
+    if not fmt.zephyr:
+        return render(tokenizer, messages)
+    text, _ = fmt.layout(messages)
+    return strip_leading_bos(text, tokenizer.bos_token) if fmt.adds_bos else text
 
 
-def _assistant_spans(
-    tokenizer: Any, messages: Sequence[Mapping[str, str]], text: str
-) -> list[tuple[int, int]]:
-    """Character spans of each assistant reply plus its EOS in the rendered ``text``.
-
-    Every message's content is found in order after the previous one (the template reproduces
-    it verbatim, or trimmed), so no prefix has to be rendered again per turn.
-    """
-    eos = tokenizer.eos_token or ""
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for message in messages:
-        content = message["content"]
-        start = text.find(content, cursor)
-        if start < 0:
-            content = content.strip()
-            start = text.find(content, cursor)
-        if start < 0:
-            raise ValueError("chat template does not reproduce the message text verbatim")
-        end = start + len(content)
-        cursor = end
-        if message["role"] != "assistant":
-            continue
-        if eos and text.startswith(eos, end):
-            end += len(eos)
-        spans.append((start, end))
-    return spans
+def encode_chat(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool = False
+) -> list[int]:
+    """The ids a server builds for ``messages``: the served rendering, no special tokens added."""
+    text = chat_format(tokenizer).render(messages, generation_prompt=generation_prompt)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _labels(
@@ -123,13 +98,42 @@ def _labels(
 
 
 def _prepare_text(
-    tokenizer: Any, messages: Sequence[Mapping[str, str]], assistant_only: bool
+    fmt: ChatFormat, messages: Sequence[Mapping[str, str]], assistant_only: bool
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The text to tokenize and the supervised character spans (empty: every token)."""
+    """The text to tokenize and the supervised character spans (empty: every token).
+
+    A lone assistant message is raw text: no template, BOS as the tokenizer adds it, and EOS.
+    """
+    tokenizer = fmt.tokenizer
     if len(messages) == 1 and messages[0]["role"] == "assistant":
-        return messages[0]["content"] + (tokenizer.eos_token or ""), []
-    text = render_fast(tokenizer, messages)
-    return text, _assistant_spans(tokenizer, messages, text) if assistant_only else []
+        bos = (tokenizer.bos_token or "") if fmt.adds_bos else ""
+        return bos + messages[0]["content"] + (tokenizer.eos_token or ""), []
+    text, spans = fmt.layout(messages)
+    return text, spans if assistant_only else []
+
+
+def _prepare_all(
+    fmt: ChatFormat,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    assistant_only: bool,
+    first_index: int,
+) -> list[tuple[str, list[tuple[int, int]]]]:
+    """:func:`_prepare_text` of every conversation; every one the template cannot place is
+    named in one :class:`~medlora.DatasetError`."""
+    prepared, problems = [], []
+    for index, messages in enumerate(conversations, start=first_index):
+        try:
+            prepared.append(_prepare_text(fmt, messages, assistant_only))
+        except TemplateMismatch as exc:
+            problems.append(DatasetProblem(str(exc), record_index=index, field="messages"))
+    if problems:
+        raise DatasetError(
+            problems,
+            hint="The chat template does not render these conversations as a sequence of "
+            "turns, so their assistant replies cannot be located; fix or drop the records, or "
+            "train with a template that renders each message's content once, in order.",
+        )
+    return prepared
 
 
 def _labels_from_encoding(
@@ -152,22 +156,45 @@ def _labels_from_encoding(
     return labels
 
 
-_BACKEND_OK: dict[int, bool] = {}
-
-
-def _backend(tokenizer: Any) -> Any:
+def _backend(fmt: ChatFormat) -> Any:
     """The Rust tokenizer when calling it directly gives the same ids as ``tokenizer(...)``."""
+    tokenizer = fmt.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    key = id(tokenizer)
-    if key not in _BACKEND_OK:
-        probe = f"<|user|>\nHbA1c 8.2%, été{tokenizer.eos_token or ''}\n ok"
-        ok = backend.encode(probe, add_special_tokens=True).ids == list(
-            tokenizer(probe, add_special_tokens=True)["input_ids"]
+    if fmt.backend_ok is None:
+        probe = (
+            f"{tokenizer.bos_token or ''}<|user|>\nHbA1c 8.2%, été{tokenizer.eos_token or ''}\n ok"
         )
-        _BACKEND_OK[key] = ok
-    return backend if _BACKEND_OK[key] else None
+        fmt.backend_ok = backend.encode(probe, add_special_tokens=False).ids == list(
+            tokenizer(probe, add_special_tokens=False)["input_ids"]
+        )
+    return backend if fmt.backend_ok else None
+
+
+def _encode(
+    fmt: ChatFormat, prepared: list[tuple[str, list[tuple[int, int]]]]
+) -> list[tuple[list[int], list[int]]]:
+    """Ids (no special tokens added: the text carries them) and labels of each text."""
+    texts = [text for text, _ in prepared]
+    bos = fmt.tokenizer.bos_token_id
+    backend = _backend(fmt)
+    rows: list[tuple[list[int], list[int]]] = []
+    if backend is not None:
+        for enc, (_, spans) in zip(
+            backend.encode_batch(texts, add_special_tokens=False), prepared, strict=True
+        ):
+            ids = enc.ids
+            labels = _labels_from_encoding(enc, ids, spans, bos_id=bos)
+            if labels is None:
+                labels = _labels(ids, enc.offsets, spans, bos_id=bos)
+            rows.append((ids, labels))
+        return rows
+    enc = fmt.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    for i, (_, spans) in enumerate(prepared):
+        ids = list(enc["input_ids"][i])
+        rows.append((ids, _labels(ids, enc["offset_mapping"][i], spans, bos_id=bos)))
+    return rows
 
 
 def tokenize_batch(
@@ -177,28 +204,28 @@ def tokenize_batch(
     max_seq_len: int,
     assistant_only: bool = True,
 ) -> list[TokenizedExample]:
-    """:func:`tokenize_messages` for many conversations with one fast-tokenizer call."""
-    prepared = [_prepare_text(tokenizer, m, assistant_only) for m in conversations]
-    texts = [text for text, _ in prepared]
-    bos = tokenizer.bos_token_id
-    backend = _backend(tokenizer)
-    rows: list[tuple[list[int], list[int]]] = []
-    if backend is not None:
-        for enc, (_, spans) in zip(
-            backend.encode_batch(texts, add_special_tokens=True), prepared, strict=True
-        ):
-            ids = enc.ids
-            labels = _labels_from_encoding(enc, ids, spans, bos_id=bos)
-            if labels is None:
-                labels = _labels(ids, enc.offsets, spans, bos_id=bos)
-            rows.append((ids, labels))
-    else:
-        enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
-        for i, (_, spans) in enumerate(prepared):
-            ids = list(enc["input_ids"][i])
-            rows.append((ids, _labels(ids, enc["offset_mapping"][i], spans, bos_id=bos)))
+    """:func:`tokenize_messages` for many conversations with one fast-tokenizer call.
+
+    Raises:
+        DatasetError: The chat template does not render some conversations as their turns;
+            each is named by its index in ``conversations``.
+    """
+    return tokenize_from(tokenizer, conversations, max_seq_len, assistant_only, first_index=0)
+
+
+def tokenize_from(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    max_seq_len: int,
+    assistant_only: bool,
+    *,
+    first_index: int,
+) -> list[TokenizedExample]:
+    """:func:`tokenize_batch` of a chunk whose first conversation is record ``first_index``."""
+    fmt = chat_format(tokenizer)
+    prepared = _prepare_all(fmt, conversations, assistant_only, first_index)
     out = []
-    for ids, labels in rows:
+    for ids, labels in _encode(fmt, prepared):
         truncated = len(ids) > max_seq_len
         if truncated:
             ids, labels = ids[:max_seq_len], labels[:max_seq_len]
@@ -221,8 +248,15 @@ def tokenize_messages(
         tokenizer: A fast Hugging Face tokenizer (offsets are needed for the label mask).
         messages: Chat turns; ``[assistant-only]`` conversations are raw text (no template).
         max_seq_len: Longer examples are cut from the end and flagged ``truncated``.
-        assistant_only: Take loss on every assistant reply (and its EOS) only; otherwise on
-            every token but the first.
+        assistant_only: Take loss on every assistant reply and the token that ends its
+            turn only (see the module docstring); otherwise on every token but BOS.
+
+    Returns:
+        The ids a server builds from the served template (``add_special_tokens=False``): one
+        BOS when the tokenizer adds one on encode, none when it does not.
+
+    Raises:
+        DatasetError: The chat template does not render the conversation as its turns.
     """
     (example,) = tokenize_batch(
         tokenizer, [messages], max_seq_len=max_seq_len, assistant_only=assistant_only

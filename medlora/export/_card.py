@@ -153,10 +153,10 @@ def ollama_modelfile(gguf_name: str, chat_template: str | None = None) -> str:
     template cannot be translated from Jinja reliably, so ``TEMPLATE`` is left out and Ollama
     uses the template it recognises from the file's ``tokenizer.chat_template``.
     """
-    from medlora._template import ZEPHYR_CHAT_TEMPLATE, with_leading_bos
+    from medlora._template import is_zephyr
 
     lines = [f"FROM ./{gguf_name}"]
-    zephyr = chat_template is None or with_leading_bos(chat_template) == ZEPHYR_CHAT_TEMPLATE
+    zephyr = chat_template is None or is_zephyr(chat_template)
     if zephyr:
         lines += [
             'TEMPLATE """{{ if .System }}<|system|>',

@@ -13,8 +13,8 @@ import attrs
 from medlora._errors import ExportError
 from medlora._hub import copy_tokenizer_files, load_tokenizer
 from medlora._io import atomic_dir, write_json
+from medlora._template import chat_template_of
 from medlora._versions import library_versions
-from medlora.data._tokenize import chat_template_of
 from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
 from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
@@ -271,7 +271,7 @@ class AdapterExporter:
         write_merged_weights(
             base, adapter, dst, strategy=strategy, quant=quant, dtype=self.config.merged_dtype
         )
-        copy_tokenizer_files(base, dst)
+        copy_tokenizer_files(base, dst, tokenizer)
         GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -77,7 +77,8 @@ def load_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
 
 
 def add_vocab(writer: Any, vocab: GGUFVocab, model_dir: Path) -> None:
-    """Write the tokenizer keys, special ids, add-bos/eos flags and the chat template."""
+    """Write the tokenizer keys, special ids, add-bos/eos flags and the chat template; the
+    add-bos flag is what the tokenizer does when it encodes (probed)."""
     gguf = require("gguf", "GGUF export")
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
@@ -91,6 +92,13 @@ def add_vocab(writer: Any, vocab: GGUFVocab, model_dir: Path) -> None:
         special = gguf.SpecialVocab(model_dir, n_vocab=len(vocab.tokens))
     finally:
         quiet.setLevel(level)
+    # What the tokenizer does, not gguf-py's parse of it: transformers 5 keeps add_bos_token
+    # only in tokenizer.json's post-processor, and without the key llama.cpp adds BOS to every
+    # SentencePiece prompt, even for a model whose tokenizer adds none (SmolLM2-style ChatML).
+    from medlora._hub import load_tokenizer
+    from medlora._template import adds_bos
+
+    special.add_special_token["bos"] = adds_bos(load_tokenizer(model_dir))
     if special.chat_template is None:  # older gguf-py versions miss chat_template.jinja
         template = model_dir / "chat_template.jinja"
         if template.is_file():

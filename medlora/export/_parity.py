@@ -48,13 +48,11 @@ def probe_conversations(n: int = 24) -> list[list[dict[str, str]]]:
 
 
 def probe_ids(tokenizer: Any, n: int = 24) -> list[list[int]]:
-    """Token ids of each probe rendered with the chat template and a generation prompt."""
-    from medlora.data import render
+    """Token ids of each probe rendered with the served chat template and a generation
+    prompt, as training and servers build them."""
+    from medlora.data._tokenize import encode_chat
 
-    return [
-        list(tokenizer(render(tokenizer, c, generation_prompt=True))["input_ids"])
-        for c in probe_conversations(n)
-    ]
+    return [encode_chat(tokenizer, c, generation_prompt=True) for c in probe_conversations(n)]
 
 
 def hf_logits(model: Any, ids: Sequence[Sequence[int]]) -> list[Any]:
@@ -262,15 +260,15 @@ def reference_replies(
     """
     import torch
 
-    from medlora.data import render
+    from medlora.data._tokenize import encode_chat
 
     eos = tokenizer.eos_token_id
     device = next(p for p in model.parameters()).device
     out = []
     with torch.no_grad():
         for conversation in probe_conversations(n):
-            prompt = tokenizer(render(tokenizer, conversation, generation_prompt=True))
-            ids = torch.tensor([prompt["input_ids"]], device=device)
+            prompt = encode_chat(tokenizer, conversation, generation_prompt=True)
+            ids = torch.tensor([prompt], device=device)
             generated = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
@@ -332,8 +330,7 @@ def generation_stops(
 
 def chat_template_problems(path: Path, tokenizer: Any) -> list[str]:
     """Structural checks that llama.cpp will format and stop like training did."""
-    from medlora._template import with_leading_bos
-    from medlora.data._tokenize import chat_template_of
+    from medlora._template import served_chat_template
 
     gguf = __import__("gguf")
     reader = gguf.GGUFReader(str(path))
@@ -346,7 +343,7 @@ def chat_template_problems(path: Path, tokenizer: Any) -> list[str]:
     template = field("tokenizer.chat_template")
     if template is None:
         problems.append("no tokenizer.chat_template (llama.cpp would fall back to llama-2)")
-    elif template != with_leading_bos(chat_template_of(tokenizer)):
+    elif template != served_chat_template(tokenizer):
         problems.append("tokenizer.chat_template differs from the training tokenizer's")
     if field("tokenizer.ggml.eos_token_id") != tokenizer.eos_token_id:
         problems.append(

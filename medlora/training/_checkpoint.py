@@ -22,11 +22,12 @@ from medlora._io import atomic_dir, write_json
 CHECKPOINTS = "checkpoints"
 
 
-def save_adapter(model: Any, base: Path, target: Path) -> Path:
-    """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it."""
+def save_adapter(model: Any, base: Path, target: Path, tokenizer: Any = None) -> Path:
+    """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it
+    (``tokenizer``: the one loaded from ``base``, so it is not loaded again)."""
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        copy_tokenizer_files(base, tmp)
+        copy_tokenizer_files(base, tmp, tokenizer)
         config_path = tmp / "adapter_config.json"
         data = json.loads(config_path.read_text(encoding="utf-8"))
         data["base_model_name_or_path"] = str(base)

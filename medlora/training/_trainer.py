@@ -462,4 +462,6 @@ class QLoRATrainer:
         return result
 
     def _save_adapter(self, target: Path) -> Path:
-        return ckpt.save_adapter(self.model, resolve_model(self.config.model), target)
+        return ckpt.save_adapter(
+            self.model, resolve_model(self.config.model), target, self.tokenizer
+        )

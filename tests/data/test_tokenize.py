@@ -85,13 +85,14 @@ def test_truncation_right_flags_and_drop_leaves_out(tokenizer: Any) -> None:
 
 
 def test_fast_label_path_equals_the_offset_reference_on_every_record(tokenizer: Any) -> None:
+    from medlora.data._chat import chat_format
     from medlora.data._tokenize import _labels, _prepare_text
 
     conversations = [r.messages for r in ClinicalDataset.default()] + [CHAT]
     fast = tokenize_batch(tokenizer, conversations, max_seq_len=4096)
     for messages, example in zip(conversations, fast, strict=True):
-        text, spans = _prepare_text(tokenizer, messages, True)
-        enc = tokenizer(text, return_offsets_mapping=True)
+        text, spans = _prepare_text(chat_format(tokenizer), messages, True)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         assert list(example.input_ids) == enc["input_ids"]
         reference = _labels(
             enc["input_ids"], enc["offset_mapping"], spans, bos_id=tokenizer.bos_token_id
