@@ -38,6 +38,7 @@ files it writes in the public layouts (it never reads ``../shared``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -45,7 +46,7 @@ import platform
 import random
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,22 @@ def write_standins(root: Path, seed: int) -> Path:
 # --- train, export, evaluate ----------------------------------------------------------------
 
 
+class Clock:
+    """Wall and CPU seconds of named phases (CPU: every thread of this process, so it does
+    not grow when other jobs share the machine, as wall time does)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        took = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+        self.phases[name] = took
+        print(f"  {name}: {took['wall_s']:.0f} s wall, {took['cpu_s']:.0f} s CPU", flush=True)
+
+
 def train(model_dir: Path, data: Data, s: Settings, work: Path) -> Any:
     from medlora import LoraConfig, QLoRATrainer, TrainingConfig
 
@@ -300,12 +317,25 @@ def export(result: Any, s: Settings, work: Path, *, gguf: bool) -> Any:
     return AdapterExporter(result, config).export(work / "export")
 
 
-def evaluate(model: Any, data: Data, s: Settings) -> dict[str, float]:
-    """Every metric of one loaded model, each on its own held-out set."""
-    from medlora.eval import EvalConfig, evaluate_model
+def evaluate(
+    model: Any, data: Data, s: Settings, clock: Clock, name: str, replies: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Every metric of one loaded model, each on its own held-out set; every generated reply
+    is appended to ``replies`` (with the detector's verdict), for reading."""
+    from medlora.eval import EvalConfig, evaluate_model, is_refusal
+
+    def keep(task: str, item: Any, reply: str) -> None:
+        replies.append(
+            {
+                "model": name,
+                "task": task,
+                "id": item.id,
+                "reply": reply,
+                "refusal": is_refusal(reply),
+            }
+        )
 
     row: dict[str, float] = {}
-    timings: dict[str, float] = {}
     jobs = (
         ("perplexity", data.notes, EvalConfig(tasks="perplexity", max_records=s.ppl_notes)),
         (
@@ -328,11 +358,9 @@ def evaluate(model: Any, data: Data, s: Settings) -> dict[str, float]:
         ),
     )
     for task, dataset, config in jobs:
-        started = time.perf_counter()
-        row.update(evaluate_model(model, dataset, config))
-        timings[task] = time.perf_counter() - started
+        with clock.phase(f"{name}: {task}"):
+            row.update(evaluate_model(model, dataset, config, on_reply=keep))
     row.pop("exact_match", None)  # a whole note never matches exactly
-    row.update({f"seconds_{k}": v for k, v in timings.items()})
     return row
 
 
@@ -354,20 +382,22 @@ def models_to_compare(
 
 
 def evaluate_all(
-    models: Mapping[str, tuple[Any, dict[str, Any]]], data: Data, s: Settings, threads: int
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    models: Mapping[str, tuple[Any, dict[str, Any]]],
+    data: Data,
+    s: Settings,
+    clock: Clock,
+    threads: int,
+    replies: list[dict[str, Any]],
+) -> dict[str, dict[str, float]]:
     from medlora import load
 
-    rows, seconds = {}, {}
+    rows = {}
     for name, (path, options) in models.items():
-        started = time.perf_counter()
         if str(path).endswith(".gguf"):
             options = {**options, "n_threads": threads}
-        with load(path, **options) as model:
-            rows[name] = evaluate(model, data, s)
-        seconds[name] = time.perf_counter() - started
-        print(f"  {name}: {seconds[name]:.0f} s", flush=True)
-    return rows, seconds
+        with clock.phase(f"{name}: all"), load(path, **options) as model:
+            rows[name] = evaluate(model, data, s, clock, name, replies)
+    return rows
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -376,10 +406,7 @@ def evaluate_all(
 def table(rows: Mapping[str, Mapping[str, float]], data: Data, s: Settings) -> str:
     from medlora.eval import evaluation_table_markdown
 
-    shown = {
-        n: {k: v for k, v in r.items() if not k.startswith("seconds_")} for n, r in rows.items()
-    }
-    text = evaluation_table_markdown(shown)
+    text = evaluation_table_markdown(rows)
     text = text.replace("perplexity (lower is better)", "note perplexity (lower is better)")
     text = text.replace("ROUGE-L F1", f"note ROUGE-L F1 (<= {s.note_tokens} tokens)")
     d = data.detector
@@ -398,21 +425,40 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,  # all threads of this process
+        "load_average_at_end": os.getloadavg(),
         "peak_rss_bytes": usage.ru_maxrss * 1024,
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from transformers import AutoTokenizer
 
     s = dataclasses.replace(SMOKE if args.smoke else FULL, **_overrides(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    clock = Clock()
+    load_at_start = os.getloadavg()
+    with clock.phase("total"):
+        report, markdown = _pipeline(args, s, out, clock)
+    report["phases"] = clock.phases
+    report["machine"]["load_average_at_start"] = load_at_start
+    (out / "quality.md").write_text(markdown)
+    (out / "quality.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(markdown)
+    total = clock.phases["total"]
+    print(
+        f"wall time {total['wall_s']:.0f} s, CPU time {total['cpu_s']:.0f} s "
+        f"({args.threads} threads; load average {os.getloadavg()[0]:.1f}); written to {out}"
+    )
+    return report
+
+
+def _pipeline(
+    args: argparse.Namespace, s: Settings, out: Path, clock: Clock
+) -> tuple[dict[str, Any], str]:
+    from transformers import AutoTokenizer
+
     if args.smoke:
         from medlora.testing import make_tiny_llama
 
@@ -426,48 +472,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not (data_dir / ACI_TRAIN).is_file():
             raise SystemExit(f"{data_dir} holds no {ACI_TRAIN}: pass --data-dir, or --smoke")
     print(f"settings: {s}", flush=True)
-    data = build_data(data_dir, AutoTokenizer.from_pretrained(base), s)
+    with clock.phase("data"):
+        data = build_data(data_dir, AutoTokenizer.from_pretrained(base), s)
     print(f"data: {data.counts}", flush=True)
-    t = time.perf_counter()
-    result = train(base, data, s, out)
-    train_s = time.perf_counter() - t
-    print(f"trained {result.steps} steps in {train_s:.0f} s", flush=True)
-    t = time.perf_counter()
-    exported = export(result, s, out, gguf=not args.skip_gguf)
-    export_s = time.perf_counter() - t
-    print(f"exported in {export_s:.0f} s; evaluating", flush=True)
-    rows, seconds = evaluate_all(models_to_compare(base, result, exported), data, s, args.threads)
-    wall = time.perf_counter() - started
+    with clock.phase("train"):
+        result = train(base, data, s, out)
+    with clock.phase("export"):
+        exported = export(result, s, out, gguf=not args.skip_gguf)
+    replies: list[dict[str, Any]] = []
+    models = models_to_compare(base, result, exported)
+    rows = evaluate_all(models, data, s, clock, args.threads, replies)
+    (out / "replies.json").write_text(json.dumps(replies, indent=1) + "\n")
     report = {
         "settings": dataclasses.asdict(s),
+        "threads": args.threads,
         "model": str(base),
         "data_dir": str(data_dir),
         "counts": data.counts,
         "refusal_detector": data.detector,
         "training": {
             "steps": result.steps,
-            "seconds": train_s,
             "train_tokens": result.train_tokens,
             "first_loss": result.train_losses[0],
             "last_loss": result.train_losses[-1],
         },
-        "export_seconds": export_s,
         "merge_strategy": exported.merge_strategy,
         "rows": rows,
-        "eval_seconds": seconds,
-        "wall_seconds": wall,
         "machine": _machine(),
     }
-    markdown = table(rows, data, s)
-    (out / "quality.md").write_text(markdown)
-    (out / "quality.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(markdown)
-    print(
-        f"wall time {wall:.0f} s (train {train_s:.0f} s, export {export_s:.0f} s), CPU time "
-        f"{report['machine']['cpu_seconds']:.0f} s, load average now "
-        f"{report['machine']['load_average'][0]:.1f}; written to {out}"
-    )
-    return report
+    return report, table(rows, data, s)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

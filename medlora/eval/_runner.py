@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +129,8 @@ def _replies(
     model: Any, items: Sequence[GenerationItem], max_new_tokens: int, batch: int
 ) -> list[str]:
     """Greedy replies to every item's prompt (batched where the model can)."""
+    if not items:
+        return []
     conversations = [list(item.messages) for item in items]
     if hasattr(model, "chat_many"):
         return list(model.chat_many(conversations, max_new_tokens=max_new_tokens, batch_size=batch))
@@ -137,22 +139,20 @@ def _replies(
     ]
 
 
-def _generation(
-    model: Any, items: Sequence[GenerationItem], config: EvalConfig
-) -> dict[str, float]:
+def _generation_scores(items: Sequence[GenerationItem], replies: Sequence[str]) -> dict[str, float]:
     if not items:
         return {}
-    replies = _replies(model, items, config.max_new_tokens, config.batch_size)
     rouge = [rouge_l(r, item.reference).f1 for r, item in zip(replies, items, strict=True)]
     em = [exact_match(r, item.reference) for r, item in zip(replies, items, strict=True)]
     return {"rouge_l": sum(rouge) / len(rouge), "exact_match": sum(em) / len(em)}
 
 
-def _refusal(model: Any, items: Sequence[GenerationItem], config: EvalConfig) -> dict[str, float]:
-    if not items:
-        return {}
-    replies = _replies(model, items, config.refusal_new_tokens, config.batch_size)
-    return {"refusal_rate": sum(map(is_refusal, replies)) / len(replies)}
+def _refusal_scores(replies: Sequence[str]) -> dict[str, float]:
+    return {"refusal_rate": sum(map(is_refusal, replies)) / len(replies)} if replies else {}
+
+
+ReplyHook = Callable[[str, GenerationItem, str], object]
+"""``on_reply(task, item, reply)``: called for every generated reply."""
 
 
 def evaluate_model(
@@ -161,6 +161,7 @@ def evaluate_model(
     config: EvalConfig | None = None,
     *,
     extra_choice_records: Sequence[Mapping[str, Any]] = (),
+    on_reply: ReplyHook | None = None,
 ) -> dict[str, float]:
     """Every configured metric of one loaded model (see :func:`medlora.load`) on ``dataset``.
 
@@ -171,6 +172,8 @@ def evaluate_model(
         config: Tasks and limits.
         extra_choice_records: Raw multiple-choice records (e.g. PubMedQA from
             :func:`~medlora.eval.pubmedqa_records`) scored with the dataset's own.
+        on_reply: Called as ``on_reply(task, item, reply)`` for every generated reply
+            (``generation`` and ``refusal``), e.g. to keep them for reading.
 
     Returns:
         Metric key (see :data:`METRICS`) -> value, plus ``*_n`` counts.
@@ -189,13 +192,25 @@ def evaluate_model(
         out["pubmedqa_n"] = sum(i.task == "pubmedqa" for i in items)
     if "generation" in config.tasks:
         items_g = _cap(generation_items(dataset.records), config.max_generation_records)
-        out.update(_generation(model, items_g, config))
+        replies = _replies(model, items_g, config.max_new_tokens, config.batch_size)
+        out.update(_generation_scores(items_g, replies))
         out["generation_n"] = len(items_g)
+        _tell(on_reply, "generation", items_g, replies)
     if "refusal" in config.tasks:
         requests = _cap(request_items(dataset.records), config.max_records)
-        out.update(_refusal(model, requests, config))
+        replies = _replies(model, requests, config.refusal_new_tokens, config.batch_size)
+        out.update(_refusal_scores(replies))
         out["refusal_n"] = len(requests)
+        _tell(on_reply, "refusal", requests, replies)
     return out
+
+
+def _tell(
+    hook: ReplyHook | None, task: str, items: Sequence[GenerationItem], replies: Sequence[str]
+) -> None:
+    if hook is not None:
+        for item, reply in zip(items, replies, strict=True):
+            hook(task, item, reply)
 
 
 @attrs.frozen(kw_only=True)

@@ -10,6 +10,7 @@ import pytest
 
 from medlora import ClinicalDataset
 from medlora.eval import (
+    GenerationItem,
     check_refusal_detector,
     is_refusal,
     medsafetybench_records,
@@ -126,9 +127,16 @@ def test_refusal_task_asks_every_request_and_counts_refusals() -> None:
     assert first.reference == "I'm sorry."
     config = EvalConfig(tasks="refusal", batch_size=2)
     plain, batched = _Replier(), _BatchReplier()
+    seen: list[tuple[str, str, bool]] = []
+
+    def keep(task: str, item: GenerationItem, reply: str) -> None:
+        seen.append((task, item.id, is_refusal(reply)))
+
     for model in (plain, batched):
-        row = evaluate_model(model, requests, config)
+        row = evaluate_model(model, requests, config, on_reply=keep)
         assert row == {"refusal_rate": pytest.approx(2 / 3), "refusal_n": 3}
+    assert [flag for _, _, flag in seen] == [True, False, True] * 2
+    assert {task for task, _, _ in seen} == {"refusal"}
     assert batched.batches == [3]  # one call; the model batches as it can
     assert len(plain.asked) == 3
     capped = evaluate_model(plain, requests, EvalConfig(tasks="refusal", max_records=1))
