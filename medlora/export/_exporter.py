@@ -11,13 +11,21 @@ from typing import Any
 import attrs
 
 from medlora._errors import ExportError
+from medlora._fault import fault_point
 from medlora._hub import copy_tokenizer_files, load_tokenizer
-from medlora._io import atomic_dir, write_json
+from medlora._io import (
+    COMPLETE_MARKER,
+    atomic_dir,
+    disk_space,
+    format_size,
+    recover,
+    write_json,
+)
 from medlora._template import chat_template_of
 from medlora._versions import library_versions
 from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
-from medlora.export._gguf import GGUF_NUMPY_TYPES, quantize_gguf, write_gguf
+from medlora.export._gguf import GGUF_NUMPY_TYPES, gguf_preflight, quantize_gguf, write_gguf
 from medlora.export._gguf_checks import check_gguf_files
 from medlora.export._gguf_lora import write_lora_gguf
 from medlora.export._merge import load_trained, load_upcast, release_memory, write_merged_weights
@@ -65,6 +73,7 @@ class AdapterExporter:
         return self.run.run_dir if isinstance(self.run, TrainingResult) else Path(self.run)
 
     def _run_info(self) -> dict[str, Any]:
+        recover(self.run_dir)  # e.g. an adapter/ a killed training left beside, not in place
         meta = self.run_dir / "medlora.json"
         if not meta.is_file() or not (self.run_dir / "adapter").is_dir():
             raise ExportError(
@@ -80,9 +89,19 @@ class AdapterExporter:
         The export is built in a temporary directory beside ``out_dir`` and renamed into place
         only when every artefact passed its checks, so a failed or interrupted export leaves a
         previous one intact.
+
+        Raises:
+            ExportError: Among others, when the disk (or quota) is too full: it names the
+                directory, the space needed and the space free; nothing partial is left and a
+                previous export stays intact.
         """
-        cfg = self.config
         out_dir = Path(out_dir)
+        hint = "free some space or choose another out_dir; a previous export is intact"
+        with disk_space(ExportError, out_dir.parent, "the export", hint=hint):
+            return self._export(out_dir, hint)
+
+    def _export(self, out_dir: Path, hint: str) -> ExportResult:
+        cfg = self.config
         info = self._run_info()
         base = Path(info["base_model"])
         quant_cfg = info["config"].get("quantization")
@@ -91,12 +110,15 @@ class AdapterExporter:
         tokenizer = load_tokenizer(
             adapter_src if (adapter_src / "tokenizer_config.json").exists() else base
         )
-        _check_free_space(out_dir, base)
+        recover(out_dir.parent)  # leftovers of killed exports beside this one, before measuring
+        need = _check_free_space(out_dir, base)
+        if "gguf" in cfg.formats:  # architecture, RoPE, tokenizer: refuse before merging
+            gguf_preflight(base)
         name = cfg.name or out_dir.name
         parity: dict[str, Any] = {"artefacts": {}}
         problems: list[str] = []
         ids = probe_ids(tokenizer)
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, error=ExportError, need=need, hint=hint) as tmp:
             files: dict[str, str] = {}
             adapter_dir = merged_dir = None
             if "adapter" in cfg.formats:
@@ -129,6 +151,7 @@ class AdapterExporter:
                     )
                 parity["artefacts"][f"merged ({strategy})"] = measured[strategy]
                 files["merged safetensors (vLLM)"] = "merged/"
+            fault_point("export-write", out_dir.name)
             gguf_files: dict[str, Path] = {}
             if "gguf" in cfg.formats and merged_dir is not None:
                 gguf_files = self._write_gguf(merged_dir, tmp / "gguf", name, base)
@@ -191,7 +214,7 @@ class AdapterExporter:
         )
 
     def _write_adapter(self, src: Path, dst: Path, base: Path) -> Path:
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(COMPLETE_MARKER))
         config_path = dst / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = self.config.base_model_id or str(base)
@@ -328,13 +351,15 @@ class AdapterExporter:
         return out
 
 
-def _check_free_space(out_dir: Path, base: Path) -> None:
-    """Refuse to start when the disk clearly cannot hold the export (4x the base weights)."""
+def _check_free_space(out_dir: Path, base: Path) -> int:
+    """Refuse to start when the disk clearly cannot hold the export (4x the base weights);
+    returns that estimate of the bytes needed."""
     need = 4 * sum(p.stat().st_size for p in base.glob("*.safetensors"))
     probe = out_dir.parent if out_dir.parent.exists() else Path.cwd()
     free = shutil.disk_usage(probe).free
     if free < need:
         raise ExportError(
-            f"only {free / 1e9:.1f} GB free under {probe}, the export needs about "
-            f"{need / 1e9:.1f} GB; free space or choose another out_dir"
+            f"only {format_size(free)} free under {probe}, the export needs about "
+            f"{format_size(need)}; free space or choose another out_dir"
         )
+    return need

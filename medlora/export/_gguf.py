@@ -13,7 +13,6 @@ import ctypes
 import difflib
 import functools
 import json
-import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from medlora._errors import ConfigError, ExportError
+from medlora._io import atomic_path
 from medlora._optional import require
-from medlora.export._gguf_vocab import add_vocab, gguf_tokenizer_report, load_vocab
+from medlora.export._gguf_rope import ROPE_FREQS_TENSOR, Rope, add_rope_keys, read_rope, rope_freqs
+from medlora.export._gguf_vocab import GGUFVocab, add_vocab, gguf_tokenizer_report, load_vocab
 
 __all__ = [
     "GGUF_LLAMA_CPP_TYPES",
@@ -80,13 +81,17 @@ def write_gguf(
 
     Raises:
         ConfigError: An unknown ``outtype`` or metadata key.
-        ExportError: Not a Llama model, missing weights or tokenizer, or an unknown tensor.
+        ExportError: Not a Llama model, missing weights or tokenizer, an unknown tensor, a
+            RoPE type other than default/linear/llama3, a tokenizer that is neither Llama
+            SentencePiece nor a recognised byte-level BPE, or a byte-level BPE that llama.cpp
+            tokenizes differently from the HF tokenizer (checked before any tensor is written).
     """
     gguf = require("gguf", "GGUF export")
     model_dir, out_path = Path(model_dir), Path(out_path)
     qtype = _check_type(outtype, GGUF_NUMPY_TYPES, "write_gguf", other=GGUF_LLAMA_CPP_TYPES)
     extra = _check_metadata(metadata or {})
     config = _read_llama_config(model_dir)
+    rope = read_rope(config)
     n_layers = int(config["num_hidden_layers"])
 
     with _safetensors(model_dir) as handles:
@@ -97,13 +102,16 @@ def write_gguf(
         if embed is None:
             raise ExportError(f"{model_dir} has no model.embed_tokens.weight tensor")
         vocab = load_vocab(model_dir, n_vocab=embed.shape[0])
+        if vocab.model == "gpt2":
+            _check_byte_level_vocab(model_dir, config, rope, vocab, gguf)
+        extras = _extra_tensors(config, rope)
 
-        with _temporary_beside(out_path) as tmp:
+        with atomic_path(out_path) as tmp:
             writer = gguf.GGUFWriter(str(tmp), "llama")
             try:
                 writer.add_type(gguf.GGUFType.MODEL)
                 writer.add_name(extra.pop("general.name", model_dir.name))
-                _add_hparams(writer, gguf, config, embed.shape[0], qtype)
+                _add_hparams(writer, gguf, config, rope, embed.shape[0], qtype)
                 for key, value in extra.items():
                     if key == "general.base_model":
                         writer.add_base_model_count(1)
@@ -111,6 +119,8 @@ def write_gguf(
                     else:
                         writer.add_string(key, value)
                 add_vocab(writer, vocab, model_dir)
+                for name, array in extras.items():  # first, as llama.cpp's converter does
+                    writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
                 for p in plans:
                     raw = gguf.GGMLQuantizationType[p.qtype]
                     block, type_size = gguf.GGML_QUANT_SIZES[raw]
@@ -122,6 +132,8 @@ def write_gguf(
                 # One tensor in memory at a time; stored-dtype tensors reuse one read buffer
                 # (a fresh 100+ MB allocation per tensor is page-faulted in again each time).
                 scratch = bytearray(max(_numel(h.shape) * 4 for h in handles.values()))
+                for array in extras.values():
+                    writer.write_tensor_data(_fast_write(array))
                 for p in plans:
                     data = _convert(handles[p.source], p, gguf, scratch)
                     writer.write_tensor_data(_fast_write(data))  # written before the next read
@@ -155,7 +167,7 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
         params.nthread = int(threads)
     from medlora.export._llama_cpp import captured_stderr
 
-    with _temporary_beside(dst) as tmp:
+    with atomic_path(dst) as tmp:
         with captured_stderr() as log:
             code = llama_cpp.llama_model_quantize(
                 str(src).encode(), str(tmp).encode(), ctypes.byref(params)
@@ -212,22 +224,72 @@ def _read_llama_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _rope(config: Mapping[str, Any]) -> tuple[float, str, float]:
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    theta = float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
-    kind = str(params.get("rope_type") or params.get("type") or "default")
-    if kind not in ("default", "linear"):
-        raise ExportError(f"RoPE scaling {kind!r} is not supported by medlora's GGUF export")
-    return theta, kind, float(params.get("factor", 1.0))
+def gguf_preflight(model_dir: Path) -> None:
+    """Refuse early (before merging or loading weights) what :func:`write_gguf` would refuse
+    from the files alone: another architecture, an unsupported RoPE type or tokenizer.
+
+    Raises:
+        ExportError: As :func:`write_gguf` would, naming what is unsupported.
+    """
+    model_dir = Path(model_dir)
+    config = _read_llama_config(model_dir)
+    read_rope(config)
+    if config.get("vocab_size"):
+        load_vocab(model_dir, n_vocab=int(config["vocab_size"]))
+
+
+def _head_dim(config: Mapping[str, Any]) -> int:
+    n_head = int(config["num_attention_heads"])
+    return int(config.get("head_dim") or int(config["hidden_size"]) // n_head)
+
+
+def _extra_tensors(config: Mapping[str, Any], rope: Rope) -> dict[str, Any]:
+    """Tensors the GGUF file needs that the checkpoint does not hold: llama3 ``rope_freqs``."""
+    freqs = rope_freqs(rope, _head_dim(config))
+    return {} if freqs is None else {ROPE_FREQS_TENSOR: freqs}
+
+
+def _check_byte_level_vocab(
+    model_dir: Path, config: Mapping[str, Any], rope: Rope, vocab: GGUFVocab, gguf: Any
+) -> None:
+    """Write the file's header alone (no tensors) and prove that llama.cpp tokenizes the check
+    corpus as the HF tokenizer does (:func:`~medlora.export._gguf_bpe.check_tokenization`)."""
+    from medlora._hub import load_tokenizer
+    from medlora.export._gguf_bpe import check_tokenization
+
+    with tempfile.TemporaryDirectory(prefix="medlora-vocab-") as tmp:
+        path = _write_vocab_only(Path(tmp) / "vocab.gguf", model_dir, config, rope, vocab, gguf)
+        tokenizer = load_tokenizer(model_dir)
+        check_tokenization(path, tokenizer, what=f"pre-tokenizer {vocab.pre!r}")
+
+
+def _write_vocab_only(
+    path: Path,
+    model_dir: Path,
+    config: Mapping[str, Any],
+    rope: Rope,
+    vocab: GGUFVocab,
+    gguf: Any,
+) -> Path:
+    """The metadata of the file :func:`write_gguf` would write, without tensors: llama.cpp
+    loads it with ``vocab_only=True``."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    try:
+        _add_hparams(writer, gguf, config, rope, len(vocab.tokens), "F32")
+        add_vocab(writer, vocab, model_dir)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+    finally:
+        writer.close()
+    return path
 
 
 def _add_hparams(
-    writer: Any, gguf: Any, config: Mapping[str, Any], n_vocab: int, qtype: str
+    writer: Any, gguf: Any, config: Mapping[str, Any], rope: Rope, n_vocab: int, qtype: str
 ) -> None:
     n_head = int(config["num_attention_heads"])
     hidden = int(config["hidden_size"])
-    head_dim = int(config.get("head_dim") or hidden // n_head)
-    theta, rope_kind, factor = _rope(config)
+    head_dim = _head_dim(config)
     writer.add_block_count(int(config["num_hidden_layers"]))
     writer.add_context_length(int(config["max_position_embeddings"]))
     writer.add_embedding_length(hidden)
@@ -236,11 +298,9 @@ def _add_hparams(
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
     writer.add_key_length(head_dim)  # as llama.cpp's converter writes them, even when implied
     writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(theta)
+    writer.add_rope_freq_base(rope.theta)
     writer.add_rope_dimension_count(head_dim)  # llama.cpp rejects the file without it
-    if rope_kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(factor)
+    add_rope_keys(writer, gguf, rope)
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(_FILE_TYPES[qtype])
@@ -375,23 +435,6 @@ def _safetensors_file(path: Path) -> Iterator[Any]:
     safetensors = require("safetensors", "GGUF export")
     with safetensors.safe_open(str(path), framework="pt") as handle:
         yield handle
-
-
-@contextlib.contextmanager
-def _temporary_beside(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as done:
-            os.fsync(done.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _fast_write(array: Any) -> Any:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from medlora._errors import ExportError
+from medlora._io import atomic_path
 from medlora._optional import require
 from medlora.export._gguf import (
     _check_metadata,
     _read_llama_config,
     _safetensors_file,
-    _temporary_beside,
 )
 
 __all__ = ["write_lora_gguf"]
@@ -86,7 +86,7 @@ def write_lora_gguf(
             module = key.removeprefix(_PREFIX).replace(f".lora_{part.upper()}.weight", "")
             pairs.setdefault(module, {})[part] = handle.get_tensor(key).to(torch.float32)
 
-    with _temporary_beside(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         try:
             writer.add_type(gguf.GGUFType.ADAPTER)

@@ -1,8 +1,14 @@
-"""The tokenizer half of a GGUF file: a Llama SentencePiece vocabulary as llama.cpp reads it.
+"""The tokenizer half of a GGUF file, as llama.cpp reads it.
 
-llama.cpp's "llama" tokenizer merges pieces by *score*, so the scores must be real: taken from
-``tokenizer.model`` when it exists, otherwise derived from the ids of ``tokenizer.json``
-(``-id``; FACTS: placeholder scores of -1000 give wrong tokenization on most lines).
+Two kinds of vocabulary export:
+
+* Llama SentencePiece (``tokenizer.ggml.model = "llama"``): llama.cpp merges pieces by *score*,
+  so the scores must be real: taken from ``tokenizer.model`` when it exists, otherwise derived
+  from the ids of ``tokenizer.json`` (``-id``; placeholder scores of -1000 give wrong
+  tokenization on most lines).
+* Byte-level BPE (``"gpt2"``: Llama 3, SmolLM2, GPT-2): tokens, types and merges, plus the
+  name of llama.cpp's pre-tokenizer that splits text as the HF tokenizer does
+  (:mod:`medlora.export._gguf_bpe`).
 """
 
 from __future__ import annotations
@@ -10,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medlora._errors import ExportError
 from medlora._optional import require
+from medlora.export._gguf_bpe import byte_level_pre_tokenizer
 
 # llama.cpp token types (gguf.TokenType).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -29,33 +37,46 @@ class GGUFVocab:
 
     tokens: list[bytes]
     scores: list[float]
+    """One per token for ``"llama"``; empty for ``"gpt2"`` (llama.cpp merges by rank)."""
     types: list[int]
     source: str
     """``"tokenizer.model"`` or ``"tokenizer.json"``: where the pieces came from."""
     n_tokenizer: int
     """Tokens the tokenizer itself has; the rest up to the embedding rows are ``[PAD{i}]``."""
+    model: str = "llama"
+    """``tokenizer.ggml.model``: ``"llama"`` (SentencePiece) or ``"gpt2"`` (byte-level BPE)."""
+    pre: str = "default"
+    """``tokenizer.ggml.pre``: llama.cpp's pre-tokenizer (``"default"`` for SentencePiece)."""
 
 
 def load_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
     """Read the tokenizer of ``model_dir`` and pad it to ``n_vocab`` tokens (the embedding rows).
 
     Raises:
-        ExportError: No Llama SentencePiece-style tokenizer in the directory, or one with more
-            tokens than the embedding has rows.
+        ExportError: No tokenizer in the directory, one that is neither Llama SentencePiece
+            nor a recognised byte-level BPE (the message names what is unsupported), or one
+            with more tokens than the embedding has rows.
     """
-    added = _added_tokens(model_dir)
+    path = model_dir / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    added = _added_tokens(data)
+    model, pre = "llama", "default"
     if (model_dir / "tokenizer.model").is_file():
         tokens, scores, types = _from_sentencepiece(model_dir / "tokenizer.model")
         source = "tokenizer.model"
-    elif (model_dir / "tokenizer.json").is_file():
-        tokens, scores, types = _from_tokenizer_json(model_dir / "tokenizer.json", added)
+    elif data:
         source = "tokenizer.json"
+        if data.get("model", {}).get("byte_fallback", False):  # SentencePiece BPE
+            tokens, scores, types = _from_tokenizer_json(path, data, added)
+        else:
+            model, pre = "gpt2", byte_level_pre_tokenizer(model_dir)
+            (tokens, types), scores = _byte_level_tokens(data, added), []
     else:
         raise ExportError(
             f"{model_dir} has neither tokenizer.model nor tokenizer.json; copy the base model's "
             "tokenizer files into it before exporting"
         )
-    for token_id, (content, special) in sorted(added.items()):
+    for token_id, (content, special) in sorted(added.items()):  # byte-level: all included
         if token_id < len(tokens):
             continue
         if token_id != len(tokens):
@@ -71,25 +92,28 @@ def load_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
         )
     for i in range(n_tokenizer, n_vocab):  # llama.cpp needs one token per embedding row
         tokens.append(f"[PAD{i}]".encode())
-        scores.append(_ADDED_SCORE)
         types.append(UNUSED)
-    return GGUFVocab(tokens, scores, types, source, n_tokenizer)
+        if model == "llama":
+            scores.append(_ADDED_SCORE)
+    return GGUFVocab(tokens, scores, types, source, n_tokenizer, model, pre)
 
 
 def add_vocab(writer: Any, vocab: GGUFVocab, model_dir: Path) -> None:
     """Write the tokenizer keys, special ids, add-bos/eos flags and the chat template; the
     add-bos flag is what the tokenizer does when it encodes (probed)."""
     gguf = require("gguf", "GGUF export")
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
+    byte_level = vocab.model == "gpt2"
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
+    if not byte_level:  # llama.cpp ranks byte-level merges by their order, not by scores
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
     quiet = logging.getLogger("gguf.vocab")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it warns about the unused <pair> template of every Llama
     try:
-        special = gguf.SpecialVocab(model_dir, n_vocab=len(vocab.tokens))
+        special = gguf.SpecialVocab(model_dir, load_merges=byte_level, n_vocab=len(vocab.tokens))
     finally:
         quiet.setLevel(level)
     # What the tokenizer does, not gguf-py's parse of it: transformers 5 keeps add_bos_token
@@ -103,6 +127,10 @@ def add_vocab(writer: Any, vocab: GGUFVocab, model_dir: Path) -> None:
         template = model_dir / "chat_template.jinja"
         if template.is_file():
             special.chat_template = template.read_text(encoding="utf-8")
+    if byte_level:
+        # Unless the post-processor or tokenizer_config.json says to add BOS, the HF tokenizer
+        # adds none; llama.cpp's default for some pre-tokenizers (llama-bpe) is to add one.
+        special.add_special_token.setdefault("bos", False)
     special.add_to_gguf(writer, quiet=True)
     space_prefix = _add_space_prefix(model_dir)
     if space_prefix is not None:  # omit unless explicit: null -> False breaks tokenization
@@ -132,14 +160,13 @@ def _from_sentencepiece(path: Path) -> tuple[list[bytes], list[float], list[int]
 
 
 def _from_tokenizer_json(
-    path: Path, added: dict[int, tuple[str, bool]]
+    path: Path, data: dict[str, Any], added: dict[int, tuple[str, bool]]
 ) -> tuple[list[bytes], list[float], list[int]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model", {})
-    if model.get("type") != "BPE" or not model.get("byte_fallback", False):
+    if model.get("type") != "BPE":
         raise ExportError(
-            f"{path} is not a Llama SentencePiece-style tokenizer (BPE with byte fallback); "
-            "only Llama-2-style tokenizers can be exported to GGUF, ideally with tokenizer.model"
+            f"{path} holds a {model.get('type')} tokenizer with byte fallback; only BPE ones "
+            "(Llama SentencePiece-style) can be exported to GGUF"
         )
     vocab: dict[str, int] = model["vocab"]
     by_id = {i: piece for piece, i in vocab.items()}
@@ -164,12 +191,34 @@ def _from_tokenizer_json(
     return tokens, scores, types
 
 
-def _added_tokens(model_dir: Path) -> dict[int, tuple[str, bool]]:
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {int(t["id"]): (str(t["content"]), bool(t.get("special"))) for t in data["added_tokens"]}
+def _byte_level_tokens(
+    data: Mapping[str, Any], added: Mapping[int, tuple[str, bool]]
+) -> tuple[list[bytes], list[int]]:
+    """Tokens in id order (byte-level spelling, as llama.cpp stores them) and their types:
+    NORMAL for the BPE vocabulary, CONTROL for special added tokens, USER_DEFINED for the
+    other added tokens, UNUSED ``[PAD{id}]`` for ids nobody uses."""
+    by_id: dict[int, str] = {int(i): piece for piece, i in data["model"]["vocab"].items()}
+    for token_id, (content, _special) in added.items():
+        by_id[token_id] = content
+    tokens: list[bytes] = []
+    types: list[int] = []
+    for i in range(max(by_id) + 1 if by_id else 0):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]".encode())
+            types.append(UNUSED)
+            continue
+        tokens.append(by_id[i].encode("utf-8"))
+        if i in added:
+            types.append(CONTROL if added[i][1] else USER_DEFINED)
+        else:
+            types.append(NORMAL)
+    return tokens, types
+
+
+def _added_tokens(data: Mapping[str, Any]) -> dict[int, tuple[str, bool]]:
+    """``{id: (content, special)}`` of a parsed ``tokenizer.json`` (empty without one)."""
+    tokens = data.get("added_tokens") or []
+    return {int(t["id"]): (str(t["content"]), bool(t.get("special"))) for t in tokens}
 
 
 def _config_token(model_dir: Path, key: str) -> str | None:

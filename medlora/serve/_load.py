@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from medlora._errors import ModelLoadError
+from medlora._io import restore
 
 if TYPE_CHECKING:
     from medlora.training import QuantizationConfig
@@ -487,10 +488,14 @@ def load(
             4-bit as QLoRA training does (``QuantizationConfig()``): an adapter then runs on
             exactly the base it was trained against. Default: float32.
 
+    A directory an interrupted export or training run left beside its place (complete, under
+    a temporary name) is put back first, with one logged line.
+
     Raises:
         ModelLoadError: The path is none of the three kinds, or its files cannot be loaded.
     """
     path = Path(path).expanduser()
+    restore(path)
     if _is_gguf(path):
         from medlora.export import open_gguf
 

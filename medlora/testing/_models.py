@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -95,8 +96,7 @@ def make_tiny_llama(
             clinical words but not the assistant's replies: what fine-tuning then teaches.
             0 keeps the random weights.
     """
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,37 +111,64 @@ def make_tiny_llama(
     tokenizer.save_pretrained(out)  # adds tokenizer.json; tokenizer.model stays beside it
     mark_llama_cpp_compatible(out)  # save_pretrained drops "legacy"; medlora trains with it
     tokenizer = load_tokenizer(out)
+    return save_random_llama(
+        out, spec, tokenizer=tokenizer, seed=seed, pretrain_steps=pretrain_steps
+    )
+
+
+def save_random_llama(
+    out: Path,
+    spec: TinyLlamaSpec,
+    *,
+    tokenizer: Any,
+    seed: int = 0,
+    pretrain_steps: int = 0,
+    **config: Any,
+) -> Path:
+    """Build a ``spec``-shaped Llama with seeded random weights and save it beside the tokenizer
+    already in ``out``; ``config`` overrides ``LlamaConfig`` fields (``rope_parameters``,
+    ``tie_word_embeddings``, token ids)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     if len(tokenizer) > spec.vocab_size:
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but spec.vocab_size is {spec.vocab_size}"
         )
-
-    config = LlamaConfig(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        initializer_range=spec.initializer_range,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=None,
-        hidden_act="silu",
-        torch_dtype="float32",
-    )
+    settings: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "initializer_range": spec.initializer_range,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": None,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    }
+    if "rope_parameters" in config:  # it carries its own rope_theta
+        del settings["rope_theta"]
+    settings.update(config)
+    llama_config = LlamaConfig(**settings)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(llama_config)
     if pretrain_steps:
         from medlora.testing._pretrain import pretrain
 
         pretrain(model, tokenizer, _user_texts(), steps=pretrain_steps, seed=seed)
     model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=1, eos_token_id=2, max_new_tokens=64).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=settings["bos_token_id"],
+        eos_token_id=settings["eos_token_id"],
+        max_new_tokens=64,
+    ).save_pretrained(out)
     (out / "medlora-testing.json").write_text(
         json.dumps({"spec": attrs.asdict(spec), "seed": seed}, indent=2) + "\n"
     )

@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from medlora._optional import require
 from medlora._template import ZEPHYR_CHAT_TEMPLATE
@@ -119,3 +120,62 @@ def _write_tokenizer_config(out: Path) -> None:
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "chat_template.jinja").write_text(ZEPHYR_CHAT_TEMPLATE)
+
+
+BYTE_LEVEL_STYLES = ("gpt-2", "smollm", "llama-bpe", "smaug-bpe", "qwen2")
+"""Pre-tokenizer styles :func:`train_byte_level_bpe` builds, by llama.cpp's name for each."""
+
+
+def train_byte_level_bpe(
+    texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 1024, style: str = "gpt-2"
+) -> Path:
+    """Train a byte-level BPE tokenizer (GPT-2 style) and save it as an HF tokenizer directory.
+
+    Args:
+        texts: Training text, one document per item.
+        out_dir: Directory to write (``tokenizer.json``, ``tokenizer_config.json``, the Zephyr
+            chat template).
+        vocab_size: Target vocabulary size, including 256 byte tokens and 3 special tokens
+            (``<|endoftext|>`` 0, ``<|im_start|>`` 1 as BOS, ``<|im_end|>`` 2 as EOS).
+        style: How text is split before the merges, one of :data:`BYTE_LEVEL_STYLES`: GPT-2's
+            regex; single digits first (SmolLM); Llama 3's split pattern with or without
+            ``ignore_merges``; Qwen2's pattern (single digits).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from medlora.export._gguf_bpe import LLAMA3_SPLIT, QWEN2_SPLIT
+
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False)  # with its GPT-2 regex
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    styles: dict[str, list[Any]] = {
+        "gpt-2": [gpt2],
+        "smollm": [pre_tokenizers.Digits(individual_digits=True), gpt2],
+        "llama-bpe": [pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"), byte_level],
+        "smaug-bpe": [pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"), byte_level],
+        "qwen2": [pre_tokenizers.Split(Regex(QWEN2_SPLIT), "isolated"), byte_level],
+    }
+    steps = styles[style]
+    tokenizer = Tokenizer(models.BPE(ignore_merges=style == "llama-bpe"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(texts), trainer)
+    out = Path(out_dir)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+        chat_template=ZEPHYR_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+    wrapped.save_pretrained(out)
+    return out

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from medlora._io import append_text, atomic_file, atomic_path
+
 
 class Callback(Protocol):
     """Hooks the loop calls on the main process. Implement any of the three; missing ones
@@ -41,11 +43,12 @@ class JsonlLogger:
         if resume_step and path.is_file():  # drop lines logged after the checkpoint
             lines = path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        with atomic_file(path) as handle:  # a kill here leaves the old log or the new one
+            handle.write("".join(line + "\n" for line in kept))
         self.pending: dict[str, Any] | None = None
 
     def on_step(self, step: int, logs: Mapping[str, float]) -> None:
-        self._flush()
+        self.flush()
         self.pending = dict(logs)
         if step % self.log_every:
             self.pending = None
@@ -56,17 +59,18 @@ class JsonlLogger:
         self.pending.update(metrics)
 
     def on_save(self, step: int, path: Path) -> None:
-        self._flush()  # the checkpoint's own step is on disk before anything else happens
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the pending record now: the loop calls this before a checkpoint is written,
+        so a checkpoint never lands without its own step in the log (a resume keeps it)."""
         if self.pending is not None:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(self.pending) + "\n")
+            append_text(self.path, json.dumps(self.pending) + "\n")
             self.pending = None
 
     def close(self) -> None:
         """Write the last pending record."""
-        self._flush()
+        self.flush()
 
 
 class TensorBoardLogger:
@@ -125,6 +129,7 @@ def plot_losses(log_path: Path, out_path: Path) -> bool:
     ax.set_ylabel("loss (per supervised token)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return True

@@ -9,30 +9,58 @@ A checkpoint is a directory ``run_dir/checkpoints/step-0000010`` written atomica
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-import shutil
+import re
 from pathlib import Path
 from typing import Any
 
 from medlora._errors import TrainingError
+from medlora._fault import fault_point
 from medlora._hub import copy_tokenizer_files
-from medlora._io import atomic_dir, write_json
+from medlora._io import (
+    PARTIAL_MARKER,
+    atomic_dir,
+    is_complete,
+    recover,
+    remove_dir,
+    tree_size,
+    write_json,
+)
 
 CHECKPOINTS = "checkpoints"
+_STEP = re.compile(r"^step-\d+$")
+DISK_HINT = (
+    "free some space, lower keep_checkpoints or choose another output_dir; the previous "
+    "{what} is intact (resume: true continues from the last checkpoint)"
+)
 
 
 def save_adapter(model: Any, base: Path, target: Path, tokenizer: Any = None) -> Path:
     """Write the peft adapter atomically to ``target`` with the base's tokenizer beside it
     (``tokenizer``: the one loaded from ``base``, so it is not loaded again)."""
-    with atomic_dir(target) as tmp:
+    need = tree_size(target)  # about what the one it replaces took
+    hint = DISK_HINT.format(what=f"{target.name}/")
+    with atomic_dir(target, error=TrainingError, need=need, hint=hint) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        fault_point("adapter-write", target.name)
         copy_tokenizer_files(base, tmp, tokenizer)
         config_path = tmp / "adapter_config.json"
         data = json.loads(config_path.read_text(encoding="utf-8"))
         data["base_model_name_or_path"] = str(base)
+        if isinstance(data.get("target_modules"), list):  # a set in peft: hash-seed order
+            data["target_modules"] = sorted(data["target_modules"])
         write_json(config_path, data)
     return target
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Complete by its marker; one written before medlora marked directories (no marker of
+    either kind) by its ``state.json``, then its last file."""
+    if is_complete(path):
+        return True
+    return not (path / PARTIAL_MARKER).exists() and (path / "state.json").is_file()
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -40,8 +68,20 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    found = [p for p in root.iterdir() if _STEP.match(p.name) and _is_checkpoint(p)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def clean_checkpoints(run_dir: Path) -> None:
+    """Remove what killed runs left under ``checkpoints/``: unfinished checkpoint writes and
+    checkpoints half deleted while pruning."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return
+    recover(root)
+    for path in root.iterdir():
+        if _STEP.match(path.name) and path.is_dir() and not _is_checkpoint(path):
+            remove_dir(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -85,18 +125,24 @@ def save_checkpoint(
     import torch
 
     target = run_dir / CHECKPOINTS / f"step-{state['step']:07d}"
-    with atomic_dir(target) as tmp:
+    latest = checkpoint_dirs(run_dir)[-1:]
+    need = tree_size(latest[0]) if latest else 0  # checkpoints are all about the same size
+    hint = DISK_HINT.format(what="checkpoint")
+    with atomic_dir(target, error=TrainingError, need=need, hint=hint) as tmp:
         model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        fault_point("checkpoint-write", target.name)
         blob = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "order": order,
         }
-        torch.save(blob, tmp / "trainer_state.pt")
+        with open(tmp / "trainer_state.pt", "wb") as handle:  # a full disk shows as ENOSPC
+            torch.save(blob, handle)
         write_json(tmp / "state.json", state)
     for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):  # pruning is housekeeping; the next save retries
+            remove_dir(old)
     return target
 
 

@@ -17,7 +17,7 @@ import attrs
 
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
 from medlora._hub import TOKENIZER_FILES, load_tokenizer, resolve_model
-from medlora._io import write_json
+from medlora._io import disk_space, recover, write_json
 from medlora.data import (
     ClinicalDataset,
     PreparedData,
@@ -186,7 +186,18 @@ class QLoRATrainer:
             progress: Show a progress bar (loss, tokens/s).
             resume: Continue from the latest checkpoint in the run directory (default:
                 ``config.resume``); starts fresh when there is none.
+
+        Raises:
+            TrainingError: Among others, when the disk (or quota) is full: it names the run
+                directory, the space needed and the space free; every checkpoint and adapter
+                written before stays intact.
         """
+        run_dir = Path(self.config.output_dir)
+        hint = "free some space or choose another output_dir, then resume: true"
+        with disk_space(TrainingError, run_dir, "training", hint=hint):
+            return self._train(progress=progress, resume=resume)
+
+    def _train(self, *, progress: bool, resume: bool | None) -> TrainingResult:
         import torch
         from accelerate import Accelerator
         from tqdm.auto import tqdm
@@ -200,6 +211,10 @@ class QLoRATrainer:
         main = acc.is_main_process
         run_dir = Path(cfg.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if main:  # what a killed run left: restore a missing adapter/, remove leftovers
+            recover(run_dir)
+            ckpt.clean_checkpoints(run_dir)
+        acc.wait_for_everyone()
         if self.model is None:
             self.setup(device=acc.device)
         train_set, eval_set = self._datasets()
@@ -257,6 +272,8 @@ class QLoRATrainer:
         def save() -> None:
             nonlocal last_saved
             t = time.perf_counter()
+            if jsonl is not None:
+                jsonl.flush()
             if main:
                 path = ckpt.save_checkpoint(
                     run_dir,

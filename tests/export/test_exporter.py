@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from crash_helpers import COMPLETE, DEAD, leftover, leftovers
 
 from medlora import AdapterExporter, ExportConfig, ExportError
 from medlora.export import DEFAULT_MAX_MERGE_KL, DEFAULT_MIN_AGREEMENT
@@ -211,6 +213,55 @@ def test_export_killed_half_way_leaves_the_previous_export(
     # Only the killed export's own temporary directory is left beside it.
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "exp")
     assert len(leftovers) == 1 and leftovers[0].endswith(".partial"), leftovers
+
+
+def test_export_restores_the_run_adapter_and_removes_leftovers(
+    trained_run: Any, tmp_path: Path
+) -> None:
+    """Issue 12, problems 1 and 2, export side. Before, a run killed between the two renames
+    of its adapter swap was refused ("not a finished medlora training run"), and what killed
+    exports left beside the output stayed forever."""
+    run = shutil.copytree(trained_run.run_dir, tmp_path / "run")
+    adapter = run / "adapter"
+    new = shutil.copytree(adapter, run / f".adapter.{DEAD}.0badc0de.partial")
+    (new / COMPLETE).write_text("")
+    adapter.rename(run / f".adapter.{DEAD}.1badc0de.old")
+    out = tmp_path / "exports" / "exp"
+    out.parent.mkdir()
+    leftover(out.parent, "exp", "partial", complete=False)
+    (out.parent / f".exp.gguf.{DEAD}.2badc0de.partial").write_bytes(b"GGUF")
+
+    result = AdapterExporter(run, ExportConfig(formats=("adapter",))).export(out)
+    weights = "adapter_model.safetensors"
+    assert (adapter / weights).read_bytes() == (trained_run.adapter_dir / weights).read_bytes()
+    assert (result.adapter_dir / weights).read_bytes() == (adapter / weights).read_bytes()
+    assert leftovers(run) == [] and leftovers(out.parent) == []
+
+
+def test_a_base_gguf_cannot_hold_is_refused_before_merging(
+    trained_run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RoPE and tokenizer are checked from the files before any model is loaded."""
+    import shutil
+
+    import medlora.export._exporter as exporter
+
+    base = Path(shutil.copytree(trained_run.base_model, tmp_path / "base"))
+    config = json.loads((base / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    (base / "config.json").write_text(json.dumps(config))
+    run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
+    info = json.loads((run / "medlora.json").read_text())
+    info["base_model"] = str(base)
+    (run / "medlora.json").write_text(json.dumps(info))
+
+    def merge_started(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the export loaded a model before refusing the base")
+
+    monkeypatch.setattr(exporter, "load_trained", merge_started)
+    with pytest.raises(ExportError, match="RoPE scaling 'yarn' cannot be exported to GGUF"):
+        AdapterExporter(run).export(tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,60 @@ def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir: Path, tmp_
     steps = [json.loads(line)["step"] for line in (result.run_dir / "log.jsonl").open()]
     assert steps == list(range(1, 21))
     assert [p.name for p in result.checkpoints] == ["step-0000010", "step-0000020"]
+
+
+def test_load_and_resume_recover_what_killed_runs_left(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12, problems 1 and 2, training side. A run killed between the two renames of the
+    adapter swap leaves no adapter/ (the previous one an ``.old``, the new one a complete
+    ``.partial``); killed checkpoint writes and prunes leave a ``.partial`` and a step without
+    state.json. Before, medlora.load found no adapter and nothing was ever removed."""
+    from crash_helpers import COMPLETE, DEAD, leftover, leftovers  # tests/ (not in subprocesses)
+
+    import medlora
+
+    config = small_config(tiny_model_dir, tmp_path, max_steps=2, save_every=2)
+    QLoRATrainer(config, dataset=small_data()).train(progress=False)
+    adapter, ckpts = tmp_path / "adapter", tmp_path / "checkpoints"
+    expected = adapter_weights(adapter)
+    new = shutil.copytree(adapter, tmp_path / f".adapter.{DEAD}.0badc0de.partial")
+    (new / COMPLETE).write_text("")
+    old = adapter.rename(tmp_path / f".adapter.{DEAD}.1badc0de.old")
+    (old / COMPLETE).write_text("")
+    os.utime(old / COMPLETE, ns=(1, 1))  # the previous adapter, completed long before
+    leftover(ckpts, "step-0000004", "partial", complete=False)
+    (ckpts / "step-0000001" / "adapter").mkdir(parents=True)  # pruning killed half-way
+    foreign = [tmp_path / ".notes", tmp_path / ".adapter.x1y2z3.partial", ckpts / "README"]
+    for path in foreign:
+        path.write_text("not medlora's")
+
+    with caplog.at_level("WARNING", logger="medlora"):
+        medlora.load(adapter)  # restores from the newest complete leftover, and says so
+    assert [r.getMessage().split(" from ")[0] for r in caplog.records] == [
+        f"medlora: restored {adapter}"
+    ]
+    assert max_abs_diff(adapter_weights(adapter), expected) == 0
+    assert leftovers(tmp_path) == sorted([old.name, ".adapter.x1y2z3.partial", ".notes"])
+
+    QLoRATrainer(config, dataset=small_data()).train(progress=False, resume=True)
+    assert leftovers(tmp_path) == [".adapter.x1y2z3.partial", ".notes"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["README", "step-0000002"]
+    assert all(path.exists() for path in foreign)
+
+
+def test_run_artefacts_are_readable_by_another_user(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Issue 12, problem 4: mkdtemp/mkstemp (and safetensors' save_file) wrote 0700/0600, so
+    a serving account of another user could not read the adapter or checkpoints."""
+    from crash_helpers import assert_readable_by_another_user
+
+    previous = os.umask(0o022)
+    try:
+        config = small_config(tiny_model_dir, tmp_path / "run", max_steps=2, save_every=1)
+        QLoRATrainer(config, dataset=small_data()).train(progress=False)
+    finally:
+        os.umask(previous)
+    assert_readable_by_another_user(tmp_path / "run")
 
 
 class InterruptAt:
