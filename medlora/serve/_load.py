@@ -426,9 +426,17 @@ class GGUFModel(_Scoring):
     def chat_many(
         self, conversations: Sequence[Messages], *, max_new_tokens: int = 128, batch_size: int = 8
     ) -> list[str]:
-        """Greedy replies to several conversations (llama.cpp answers one at a time)."""
+        """Greedy replies to several conversations, one at a time, each prompt rendered by
+        :meth:`render` and tokenized by :meth:`tokenize`: the token ids training and the other
+        backends see, so an evaluation compares models rather than chat handlers (:meth:`chat`
+        goes through llama-cpp-python's handler, as a server does). Stops at EOS."""
         del batch_size
-        return [str(self.chat(m, max_new_tokens=max_new_tokens)) for m in conversations]
+        return [
+            str(
+                self.generate(self.render(m, generation_prompt=True), max_new_tokens=max_new_tokens)
+            )
+            for m in conversations
+        ]
 
     def close(self) -> None:
         """Free llama.cpp's model and context."""
