@@ -34,6 +34,7 @@ from medlora.training._callbacks import (
     tensorboard_logger,
 )
 from medlora.training._config import TrainingConfig
+from medlora.training._datasets import run_records, split_records
 from medlora.training._loss import causal_lm_loss, supervised_tokens, train_micro_step
 from medlora.training._model import attach_lora, count_4bit_linear, load_base_model
 from medlora.training._result import TrainingResult, run_record
@@ -63,18 +64,10 @@ class QLoRATrainer:
     tokenizer: Any = attrs.field(default=None, init=False, repr=False)
 
     def _datasets(self) -> tuple[ClinicalDataset, ClinicalDataset | None]:
-        cfg = self.config
-        dataset = self.dataset
-        if dataset is None:
-            opts: dict[str, Any] = {"system_prompt": cfg.system_prompt}
-            dataset = (
-                ClinicalDataset.from_jsonl(cfg.data, **opts)
-                if cfg.data
-                else ClinicalDataset.default(**opts)
-            )
-        if self.eval_dataset is not None or cfg.validation_fraction == 0:
+        dataset = self.dataset if self.dataset is not None else run_records(self.config)
+        if self.eval_dataset is not None:
             return dataset, self.eval_dataset
-        return dataset.split(test_size=cfg.validation_fraction, seed=cfg.seed)
+        return split_records(dataset, self.config)
 
     def _prepare(self, dataset: ClinicalDataset, run_dir: Path, *, pack: bool) -> PreparedData:
         """Tokenized (optionally packed) examples, cached in the run directory by fingerprint;
