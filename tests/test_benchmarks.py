@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -39,3 +41,24 @@ def test_real_quality_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     written = json.loads((tmp_path / "quality.json").read_text())
     assert written["rows"]["merged"]["refusal_n"] == 2
     assert written["refusal_detector"]["recall"] == 1.0
+
+
+@pytest.mark.slow
+def test_gguf_fidelity_smoke() -> None:
+    """The whole benchmark on the in-process tiny model: F16 and Q4_K_M with and without
+    an importance matrix, scored on held-out replies, printed as a table."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/gguf_fidelity.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    header = "| type | imatrix | MB | synthetic top-1 | synthetic KL | synthetic ppl ratio |"
+    assert header in out
+    for row in ("| F16 |  |", "| Q4_K_M | no |", "| Q4_K_M | yes |"):
+        assert row in out, out
