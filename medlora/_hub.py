@@ -65,6 +65,30 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return Path(local)
 
 
+SUPPORTED_FAMILIES = "Llama-architecture models (TinyLlama, Llama 2, Llama 3.x, SmolLM2 and kin)"
+"""What medlora trains and exports, in words for error messages."""
+
+
+def check_supported(model_dir: Path) -> None:
+    """Refuse, from ``config.json`` alone and before any weights load, a checkpoint medlora
+    cannot train: another architecture.
+
+    Raises:
+        ModelLoadError: Naming the model type or architecture that is not supported.
+    """
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{model_dir}/config.json cannot be read: {exc}") from exc
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or ["LlamaForCausalLM"]
+    if model_type != "llama" or architectures != ["LlamaForCausalLM"]:
+        raise ModelLoadError(
+            f"{model_dir} holds a model_type={model_type!r} model ({', '.join(architectures)}); "
+            f"medlora supports {SUPPORTED_FAMILIES}: LlamaForCausalLM with model_type 'llama'."
+        )
+
+
 TOKENIZER_FILES = (
     "tokenizer.model",
     "tokenizer.json",

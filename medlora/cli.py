@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use a tiny model built in-process instead (no download at all)",
     )
     quick.add_argument(
-        "--steps", type=int, help="QLoRA training steps (default 24; 160 with --tiny)"
+        "--steps", type=int, help="QLoRA training steps (default 16; 160 with --tiny)"
     )
     quick.add_argument(
         "--pretrain-steps", type=int, default=120, help="pre-training steps of the --tiny model"

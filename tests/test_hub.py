@@ -37,3 +37,16 @@ def test_local_paths(tmp_path: Path, tiny_model_dir: Path) -> None:
         resolve_model(tmp_path)
     with pytest.raises(ModelLoadError, match="neither an existing directory"):
         resolve_model(tmp_path / "missing" / "deeper" / "model")
+
+
+def test_an_unsupported_architecture_is_refused_before_any_weights_load(tmp_path: Path) -> None:
+    """Only config.json is there: the error must come from it, before tokenizer or weights."""
+    import json
+
+    model = tmp_path / "mistral"
+    model.mkdir()
+    config = {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+    (model / "config.json").write_text(json.dumps(config))
+    trainer = QLoRATrainer(TrainingConfig(model=str(model), output_dir=tmp_path / "run"))
+    with pytest.raises(ModelLoadError, match=r"model_type='mistral'.*MistralForCausalLM.*Llama"):
+        trainer.setup()

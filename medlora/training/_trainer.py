@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
-from medlora._hub import TOKENIZER_FILES, load_tokenizer, resolve_model
+from medlora._hub import TOKENIZER_FILES, check_supported, load_tokenizer, resolve_model
 from medlora._io import disk_space, recover, write_json
 from medlora.data import (
     ClinicalDataset,
@@ -146,6 +146,7 @@ class QLoRATrainer:
 
         cfg = self.config
         base = resolve_model(cfg.model)
+        check_supported(base)  # before the tokenizer or any weights load
         self.tokenizer = load_tokenizer(base)
         torch.manual_seed(cfg.seed)
         dev = torch.device(
