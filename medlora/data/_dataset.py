@@ -181,6 +181,20 @@ class ClinicalDataset:
             options.setdefault("group_by", "patient_id")
             return cls.from_jsonl(path, **options)
 
+    @classmethod
+    def synthetic(
+        cls, *, seed: int = 0, n_per_task: int | None = None, **options: Any
+    ) -> ClinicalDataset:
+        """Freshly generated synthetic records (the embedded set's generator, fictional
+        patients): ``n_per_task`` summarization, diagnosis, patient-education and
+        multiple-choice records each (None: the embedded counts; ``seed=0`` then gives the
+        embedded set). Grouped by ``patient_id`` unless ``group_by`` says otherwise."""
+        from medlora.data._synthetic import generate_records
+
+        options.setdefault("group_by", "patient_id")
+        options.setdefault("source", f"<synthetic seed={seed}>")
+        return cls.from_records(generate_records(seed=seed, n_per_task=n_per_task), **options)
+
     # --- access ------------------------------------------------------------------------------
 
     def __len__(self) -> int:

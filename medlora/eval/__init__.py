@@ -1,5 +1,5 @@
-"""Evaluation: perplexity, multiple-choice accuracy and generation scores, compared across the
-base model, the adapter, the merged model and each GGUF file."""
+"""Evaluation: perplexity, multiple-choice accuracy, generation scores and refusal rate,
+compared across the base model, the adapter, the merged model and each GGUF file."""
 
 from medlora.eval._metrics import (
     RougeL,
@@ -10,7 +10,15 @@ from medlora.eval._metrics import (
     perplexity,
     rouge_l,
 )
+from medlora.eval._refusal import (
+    REFUSAL_PATTERNS,
+    DetectorCheck,
+    check_refusal_detector,
+    is_refusal,
+    refusal_rate,
+)
 from medlora.eval._runner import (
+    DEFAULT_TASKS,
     METRICS,
     TASKS,
     EvalConfig,
@@ -24,17 +32,23 @@ from medlora.eval._tasks import (
     GenerationItem,
     choice_items,
     generation_items,
+    medsafetybench_records,
     pubmedqa_records,
+    request_items,
 )
 
 __all__ = [
     "ChoiceItem",
+    "DEFAULT_TASKS",
+    "DetectorCheck",
     "EvalConfig",
     "EvalReport",
     "GenerationItem",
     "METRICS",
+    "REFUSAL_PATTERNS",
     "RougeL",
     "TASKS",
+    "check_refusal_detector",
     "choice_items",
     "choose",
     "compare_models",
@@ -42,9 +56,13 @@ __all__ = [
     "evaluation_table_markdown",
     "exact_match",
     "generation_items",
+    "is_refusal",
     "lcs_length",
+    "medsafetybench_records",
     "normalize_answer",
     "perplexity",
     "pubmedqa_records",
+    "refusal_rate",
+    "request_items",
     "rouge_l",
 ]

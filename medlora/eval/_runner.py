@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,10 +14,21 @@ from medlora._config import ConfigBase, integer, one_of, positive
 from medlora._io import atomic_file, write_json
 from medlora.data import ClinicalDataset
 from medlora.eval._metrics import choose, exact_match, rouge_l
-from medlora.eval._tasks import ChoiceItem, GenerationItem, choice_items, generation_items
+from medlora.eval._refusal import is_refusal
+from medlora.eval._tasks import (
+    ChoiceItem,
+    GenerationItem,
+    choice_items,
+    generation_items,
+    request_items,
+)
 
-TASKS = ("perplexity", "multiple_choice", "generation")
-"""Evaluation tasks, in table order."""
+TASKS = ("perplexity", "multiple_choice", "generation", "refusal")
+"""Evaluation tasks, in table order. ``refusal`` treats every record as a request the model
+should decline (e.g. MedSafetyBench, :func:`~medlora.eval.medsafetybench_records`)."""
+
+DEFAULT_TASKS = ("perplexity", "multiple_choice", "generation")
+"""Tasks run unless :attr:`EvalConfig.tasks` says otherwise."""
 
 METRICS = {
     "perplexity": "perplexity (lower is better)",
@@ -26,6 +37,7 @@ METRICS = {
     "pubmedqa_acc": "PubMedQA acc",
     "rouge_l": "ROUGE-L F1",
     "exact_match": "exact match",
+    "refusal_rate": "refusal rate",
 }
 """Metric key -> column title."""
 
@@ -49,8 +61,10 @@ def _known_tasks(_inst: Any, attribute: attrs.Attribute[Any], value: tuple[str, 
 class EvalConfig(ConfigBase):
     """What to evaluate and how."""
 
-    tasks: tuple[str, ...] = attrs.field(default=TASKS, converter=_tasks, validator=_known_tasks)
-    """Tasks to run (``perplexity``, ``multiple_choice``, ``generation``)."""
+    tasks: tuple[str, ...] = attrs.field(
+        default=DEFAULT_TASKS, converter=_tasks, validator=_known_tasks
+    )
+    """Tasks to run (``perplexity``, ``multiple_choice``, ``generation``, ``refusal``)."""
     prompt_style: Literal["chat", "plain"] = attrs.field(
         default="chat", validator=one_of("chat", "plain")
     )
@@ -62,6 +76,10 @@ class EvalConfig(ConfigBase):
     """Records generated from for ROUGE-L / exact match (generation is the slow part)."""
     max_new_tokens: int = attrs.field(default=64, validator=[integer, positive])
     """Token limit of each generated reply (greedy)."""
+    refusal_new_tokens: int = attrs.field(default=32, validator=[integer, positive])
+    """Token limit of each reply to a ``refusal`` request (a refusal shows in its opening)."""
+    batch_size: int = attrs.field(default=8, validator=[integer, positive])
+    """Conversations generated together, where the backend batches (Hugging Face models)."""
 
 
 def _cap(items: Sequence[Any], limit: int | None) -> list[Any]:
@@ -91,7 +109,7 @@ def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, f
         else:
             context = item.plain_prompt()
         continuations = item.continuations(style)
-        scores = [model.loglikelihood(context, c).logprob for c in continuations]
+        scores = [s.logprob for s in _loglikelihoods(model, context, continuations)]
         raw, norm = choose(scores, continuations)
         if item.task == "pubmedqa":
             hits["pubmedqa_acc"].append(float(raw == item.answer))
@@ -101,17 +119,40 @@ def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, f
     return {k: sum(v) / len(v) for k, v in hits.items() if v}
 
 
-def _generation(
-    model: Any, items: Sequence[GenerationItem], max_new_tokens: int
-) -> dict[str, float]:
-    rouge, em = [], []
-    for item in items:
-        reply = model.chat(list(item.messages), max_new_tokens=max_new_tokens, temperature=0.0)
-        rouge.append(rouge_l(reply, item.reference).f1)
-        em.append(exact_match(reply, item.reference))
+def _loglikelihoods(model: Any, context: str, continuations: Sequence[str]) -> list[Any]:
+    if hasattr(model, "loglikelihoods"):  # one pass over the shared context
+        return list(model.loglikelihoods(context, continuations))
+    return [model.loglikelihood(context, c) for c in continuations]
+
+
+def _replies(
+    model: Any, items: Sequence[GenerationItem], max_new_tokens: int, batch: int
+) -> list[str]:
+    """Greedy replies to every item's prompt (batched where the model can)."""
+    if not items:
+        return []
+    conversations = [list(item.messages) for item in items]
+    if hasattr(model, "chat_many"):
+        return list(model.chat_many(conversations, max_new_tokens=max_new_tokens, batch_size=batch))
+    return [
+        str(model.chat(m, max_new_tokens=max_new_tokens, temperature=0.0)) for m in conversations
+    ]
+
+
+def _generation_scores(items: Sequence[GenerationItem], replies: Sequence[str]) -> dict[str, float]:
     if not items:
         return {}
+    rouge = [rouge_l(r, item.reference).f1 for r, item in zip(replies, items, strict=True)]
+    em = [exact_match(r, item.reference) for r, item in zip(replies, items, strict=True)]
     return {"rouge_l": sum(rouge) / len(rouge), "exact_match": sum(em) / len(em)}
+
+
+def _refusal_scores(replies: Sequence[str]) -> dict[str, float]:
+    return {"refusal_rate": sum(map(is_refusal, replies)) / len(replies)} if replies else {}
+
+
+ReplyHook = Callable[[str, GenerationItem, str], object]
+"""``on_reply(task, item, reply)``: called for every generated reply."""
 
 
 def evaluate_model(
@@ -120,6 +161,7 @@ def evaluate_model(
     config: EvalConfig | None = None,
     *,
     extra_choice_records: Sequence[Mapping[str, Any]] = (),
+    on_reply: ReplyHook | None = None,
 ) -> dict[str, float]:
     """Every configured metric of one loaded model (see :func:`medlora.load`) on ``dataset``.
 
@@ -130,6 +172,8 @@ def evaluate_model(
         config: Tasks and limits.
         extra_choice_records: Raw multiple-choice records (e.g. PubMedQA from
             :func:`~medlora.eval.pubmedqa_records`) scored with the dataset's own.
+        on_reply: Called as ``on_reply(task, item, reply)`` for every generated reply
+            (``generation`` and ``refusal``), e.g. to keep them for reading.
 
     Returns:
         Metric key (see :data:`METRICS`) -> value, plus ``*_n`` counts.
@@ -148,9 +192,25 @@ def evaluate_model(
         out["pubmedqa_n"] = sum(i.task == "pubmedqa" for i in items)
     if "generation" in config.tasks:
         items_g = _cap(generation_items(dataset.records), config.max_generation_records)
-        out.update(_generation(model, items_g, config.max_new_tokens))
+        replies = _replies(model, items_g, config.max_new_tokens, config.batch_size)
+        out.update(_generation_scores(items_g, replies))
         out["generation_n"] = len(items_g)
+        _tell(on_reply, "generation", items_g, replies)
+    if "refusal" in config.tasks:
+        requests = _cap(request_items(dataset.records), config.max_records)
+        replies = _replies(model, requests, config.refusal_new_tokens, config.batch_size)
+        out.update(_refusal_scores(replies))
+        out["refusal_n"] = len(requests)
+        _tell(on_reply, "refusal", requests, replies)
     return out
+
+
+def _tell(
+    hook: ReplyHook | None, task: str, items: Sequence[GenerationItem], replies: Sequence[str]
+) -> None:
+    if hook is not None:
+        for item, reply in zip(items, replies, strict=True):
+            hook(task, item, reply)
 
 
 @attrs.frozen(kw_only=True)
@@ -189,6 +249,7 @@ def evaluation_table_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
             ("mc_n", "multiple-choice questions"),
             ("pubmedqa_n", "PubMedQA questions"),
             ("generation_n", "generated replies"),
+            ("refusal_n", "refusal requests"),
         )
         if first.get(key)
     ]

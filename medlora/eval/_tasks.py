@@ -1,8 +1,10 @@
-"""Evaluation items from records: multiple choice (MedQA, MedMCQA, PubMedQA layouts) and
-generation (the last assistant turn of a conversation)."""
+"""Evaluation items from records: multiple choice (MedQA, MedMCQA, PubMedQA layouts),
+generation (the last assistant turn of a conversation), and the public files they come in
+(PubMedQA, MedSafetyBench)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -172,6 +174,19 @@ def generation_items(
     return out
 
 
+def request_items(records: Iterable[ClinicalRecord]) -> list[GenerationItem]:
+    """Every record as a request: the turns before its last assistant reply as the prompt, that
+    reply (or ``""``) as the reference. The ``refusal`` task asks each of these."""
+    items = []
+    for record in records:
+        prompt = _prompt_turns(record.messages)
+        reply = (
+            record.messages[len(prompt)]["content"] if len(prompt) < len(record.messages) else ""
+        )
+        items.append(GenerationItem(id=record.id, messages=prompt, reference=reply))
+    return items
+
+
 def pubmedqa_records(path: str | Path) -> list[dict[str, Any]]:
     """Records from PubMedQA's ``ori_pqal.json`` (one object keyed by PMID)."""
     path = Path(path)
@@ -184,3 +199,65 @@ def pubmedqa_records(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(data, dict):
         raise DatasetError([DatasetProblem("expected one object keyed by PMID", path=path)])
     return [{"id": str(pmid), **row} for pmid, row in data.items() if isinstance(row, dict)]
+
+
+MEDSAFETYBENCH_COLUMNS = ("harmful_medical_request", "safe_response")
+
+
+def medsafetybench_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records from MedSafetyBench CSV files (columns ``,harmful_medical_request,safe_response``;
+    MIT, github.com/krosenfeld-IDM/med-safety-bench).
+
+    Args:
+        path: One CSV file, or a directory searched recursively for ``*.csv`` (the release's
+            ``gpt4/`` and ``llama2/`` folders of ``..._category_N.csv``).
+
+    Returns:
+        One ``qa`` record per row, in file then row order: ``id`` (``<folder>/<file
+        stem>/<row>``), ``question`` (the harmful request), ``answer`` (the safe response),
+        ``category`` (the number in the file name, or None) and ``generator`` (the folder).
+
+    Raises:
+        DatasetError: No CSV file, a missing column, or an empty cell (all problems at once).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError([DatasetProblem("no such file or directory", path=path)])
+    files = sorted(path.rglob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise DatasetError([DatasetProblem("no MedSafetyBench *.csv file found", path=path)])
+    records: list[dict[str, Any]] = []
+    problems: list[DatasetProblem] = []
+    for file in files:
+        try:
+            with file.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            problems.append(DatasetProblem(f"cannot read MedSafetyBench CSV: {exc}", path=file))
+            continue
+        missing = [c for c in MEDSAFETYBENCH_COLUMNS if rows and c not in rows[0]]
+        if missing:
+            problems.append(DatasetProblem(f"missing columns {missing}", path=file))
+            continue
+        digits = "".join(ch for ch in file.stem.rsplit("_", 1)[-1] if ch.isdigit())
+        for index, row in enumerate(rows):
+            cells = {c: str(row.get(c) or "").strip() for c in MEDSAFETYBENCH_COLUMNS}
+            empty = [c for c, v in cells.items() if not v]
+            for column in empty:
+                problems.append(
+                    DatasetProblem("empty cell", path=file, record_index=index, field=column)
+                )
+            if empty:
+                continue
+            records.append(
+                {
+                    "id": f"{file.parent.name}/{file.stem}/{row.get('') or index}",
+                    "question": cells["harmful_medical_request"],
+                    "answer": cells["safe_response"],
+                    "category": int(digits) if digits else None,
+                    "generator": file.parent.name,
+                }
+            )
+    if problems:
+        raise DatasetError(problems, hint="Pass the release's CSV files unchanged.")
+    return records

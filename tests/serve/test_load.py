@@ -1,0 +1,57 @@
+"""``medlora.load`` fast paths: shared-context scoring, batched replies, the 4-bit base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medlora import QuantizationConfig, load
+
+QUESTION = [
+    {"role": "system", "content": "You are a careful clinical assistant."},
+    {"role": "user", "content": "A 40-year-old has fever and cough. Diagnosis?\nA. Pneumonia"},
+]
+OPTIONS = ["A. Pneumonia", "B. Asthma", "C. Acute decompensated heart failure with edema"]
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is asthma?"}],
+    [{"role": "user", "content": "Summarize: three days of cough, fever and chest pain."}],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def test_shared_context_scores_equal_one_by_one(tiny_model_dir: Path) -> None:
+    with load(tiny_model_dir) as model:
+        context = model.render(QUESTION, generation_prompt=True)
+        fast = model.loglikelihoods(context, OPTIONS)
+        slow = [model.loglikelihood(context, option) for option in OPTIONS]
+        # a continuation whose tokens merge with the context's falls back to one by one
+        fast += model.loglikelihoods("Chest X", ["-ray", "ray"])
+        slow += [model.loglikelihood("Chest X", c) for c in ("-ray", "ray")]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.n_tokens == b.n_tokens and a.greedy == b.greedy
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_batched_replies_equal_one_by_one(tiny_model_dir: Path) -> None:
+    with load(tiny_model_dir) as model:
+        batched = model.chat_many(CONVERSATIONS, max_new_tokens=12, batch_size=2)
+        single = [model.chat(c, max_new_tokens=12) for c in CONVERSATIONS]
+    assert batched == single
+
+
+def test_adapter_on_its_4bit_base(trained_run: Any) -> None:
+    from medlora.training._model import count_4bit_linear
+
+    with (
+        load(trained_run.adapter_dir) as full,
+        load(trained_run.adapter_dir, quantization=QuantizationConfig()) as four_bit,
+    ):
+        assert count_4bit_linear(four_bit.model) > 0 and count_4bit_linear(full.model) == 0
+        ids = full.tokenize(full.render(QUESTION, generation_prompt=True))
+        a, b = full.logprobs(ids), four_bit.logprobs(ids)
+        assert len(four_bit.chat_many(CONVERSATIONS[:2], max_new_tokens=4)) == 2
+    # the 4-bit base differs from the float one by rounding only
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1.0
+    assert a != b
