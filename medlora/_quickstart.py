@@ -133,7 +133,7 @@ def _report(result: Any, exported: Any, answer: str, *, tiny: bool) -> None:
     print(f"  adapter            {exported.adapter_dir}")
     print(f"  merged (vLLM)      {exported.merged_dir}  [merge: {exported.merge_strategy}]")
     for qtype, path in exported.gguf_files.items():
-        row = exported.parity["artefacts"][f"gguf {qtype}"]
+        row = exported.agreements[f"gguf {qtype}"]
         print(f"  GGUF {qtype:<13} {path}  ({_fidelity(row)})")
     print(f"  model card         {exported.out_dir / 'README.md'}")
     print(f"  question           {QUESTION}")
@@ -142,10 +142,11 @@ def _report(result: Any, exported: Any, answer: str, *, tiny: bool) -> None:
         print("  (a tiny model trained for seconds: the words are clinical, the sense is not)")
 
 
-def _fidelity(row: dict[str, Any]) -> str:
-    parts = [f"top-1 agreement {row['top1']:.3f}"]
-    if "ppl_ratio" in row:
-        parts.append(f"perplexity ratio {row['ppl_ratio']:.3f}")
-    if "mean_kl" in row:
-        parts.append(f"mean KL {row['mean_kl']:.4f}")
-    return ", ".join(parts)
+def _fidelity(row: Any) -> str:
+    """How close a GGUF file is to the merged model on held-out replies."""
+    if row.ppl_ratio is None:
+        return f"probe top-1 agreement {row.top1:.3f}"
+    return (
+        f"held-out replies: perplexity x{row.ppl_ratio:.3f} of the merged model's, "
+        f"top-1 {row.reply_top1:.3f}, KL {row.reply_kl:.4f}"
+    )

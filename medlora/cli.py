@@ -66,12 +66,22 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
     result = AdapterExporter(Path(args.run_dir), config).export(out)
     print(f"export written to {result.out_dir}")
-    for name, row in result.parity.get("artefacts", {}).items():
+    text = result.parity.get("fidelity_text", {})
+    print(
+        f"fidelity on {text.get('positions', 0)} reply positions of {text.get('source', '?')}"
+        " (reply top-1, KL, perplexity ratio to the reference; probe top-1):"
+    )
+    for name, row in result.agreements.items():
+        imatrix = " imatrix" if row.imatrix else ""
         print(
-            f"  {name:<24} top-1 {row['top1']:.4f} (within ties {row['top1_within_tie']:.4f})"
-            f"  max|dlogit| {row['max_abs_logit_diff']:.3g}"
+            f"  {name:<24} top-1 {_show(row.reply_top1, '.4f')}  KL {_show(row.reply_kl, '.3g')}"
+            f"  ppl x{_show(row.ppl_ratio, '.4f')}  probe top-1 {row.top1:.4f}{imatrix}"
         )
     return 0
+
+
+def _show(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _serve(args: argparse.Namespace) -> int:

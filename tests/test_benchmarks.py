@@ -79,3 +79,24 @@ def test_gpu_run_dry_run_writes_every_figure(tmp_path: Path) -> None:
     assert packed["trl-packed"] > packed["trl"]
     table = (tmp_path / "throughput.md").read_text()
     assert "| medlora-packed |" in table and "vs TRL" in table
+
+
+@pytest.mark.slow
+def test_gguf_fidelity_smoke() -> None:
+    """The whole benchmark on the in-process tiny model: F16 and Q4_K_M with and without
+    an importance matrix, scored on held-out replies, printed as a table."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/gguf_fidelity.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    header = "| type | imatrix | MB | synthetic top-1 | synthetic KL | synthetic ppl ratio |"
+    assert header in out
+    for row in ("| F16 |  |", "| Q4_K_M | no |", "| Q4_K_M | yes |"):
+        assert row in out, out

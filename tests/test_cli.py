@@ -40,7 +40,9 @@ def test_train_then_export_from_a_yaml_config(
     meta = json.loads((tmp_path / "run/medlora.json").read_text())
     assert meta["config"]["lora"]["rank"] == 4
     assert main(["export", str(tmp_path / "run"), "--gguf", "F16"]) == 0
-    assert "gguf F16" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "gguf F16" in summary and "ppl x1.00" in summary
+    assert "reply positions of the run's held-out records" in summary
     assert (tmp_path / "run/export/gguf/export-F16.gguf").is_file()
 
 

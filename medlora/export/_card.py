@@ -68,21 +68,8 @@ def model_card(
         "",
         "## Export parity",
         "",
-        "Every artefact was compared with the trained model (4-bit base + adapter) on probe "
-        "prompts: top-1 next-token agreement over all positions (raw, and counting the "
-        "reference's own near-ties as agreement), largest logit difference and mean KL "
-        "divergence.",
-        "",
-        "| artefact | top-1 agreement | top-1 within tie | last-token agreement "
-        "| max abs logit diff | mean KL |",
-        "|---|---|---|---|---|---|",
+        *_parity_table(parity),
     ]
-    for artefact, row in parity.get("artefacts", {}).items():
-        lines.append(
-            f"| {artefact} | {row['top1']:.4f} | {row['top1_within_tie']:.4f} "
-            f"| {row['top1_last']:.4f} | "
-            f"{row['max_abs_logit_diff']:.4g} | {row['mean_kl']:.3g} |"
-        )
     if "tokenization" in parity:
         tok = parity["tokenization"]
         lines += [
@@ -104,6 +91,46 @@ def model_card(
     lines += _serving_checks(parity)
     lines.append("")
     return "\n".join(lines)
+
+
+def _parity_table(parity: Mapping[str, Any]) -> list[str]:
+    """Every artefact against its reference: held-out replies first, then the probes."""
+    text = parity.get("fidelity_text") or {}
+    lines = [
+        "Every artefact was compared with its reference (the merged weights with the trained "
+        "model, 4-bit base + adapter; each GGUF file, run in llama.cpp, with the merged "
+        f"weights) on {text.get('positions', 0)} positions inside the assistant replies of "
+        f"{text.get('texts', 0)} conversations ({text.get('source', 'no held-out text')}): "
+        "raw top-1 next-token agreement, mean KL divergence per position and the perplexity "
+        "ratio of the actual reply tokens (candidate / reference; 1.0 is identical). On the "
+        "probe prompts: top-1 agreement (raw, and counting the reference's own near-ties), "
+        "and the largest logit difference.",
+        "",
+        "| artefact | reply top-1 | reply KL | perplexity ratio | imatrix "
+        "| probe top-1 | probe top-1 within tie | max abs logit diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for artefact, row in parity.get("artefacts", {}).items():
+        imatrix = {True: "yes", False: "no"}.get(row.get("imatrix"), "")
+        lines.append(
+            f"| {artefact} | {_figure(row.get('reply_top1'), '.4f')} "
+            f"| {_figure(row.get('reply_kl'), '.3g')} | {_figure(row.get('ppl_ratio'), '.4f')} "
+            f"| {imatrix} | {row['top1']:.4f} | {row['top1_within_tie']:.4f} "
+            f"| {row['max_abs_logit_diff']:.4g} |"
+        )
+    record = parity.get("imatrix")
+    if record:
+        lines += [
+            "",
+            f"{', '.join(record['types'])} were quantized by llama.cpp with an importance matrix "
+            f"({record['entries']} weight matrices) collected from the merged model on "
+            f"{record['tokens']} tokens of {record['source']}.",
+        ]
+    return lines
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _serving_checks(parity: Mapping[str, Any]) -> list[str]:

@@ -23,16 +23,20 @@ from medlora._io import (
 )
 from medlora._template import chat_template_of
 from medlora._versions import library_versions
+from medlora.data import ClinicalDataset
 from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
+from medlora.export._fidelity import RunText, run_text
 from medlora.export._gguf import GGUF_NUMPY_TYPES, gguf_preflight, quantize_gguf, write_gguf
 from medlora.export._gguf_checks import check_gguf_files
 from medlora.export._gguf_lora import write_lora_gguf
+from medlora.export._imatrix import ImportanceMatrix, collect_imatrix
 from medlora.export._merge import load_trained, load_upcast, release_memory, write_merged_weights
 from medlora.export._parity import (
     Agreement,
-    compare,
-    hf_logits,
+    ModelOutputs,
+    hf_outputs,
+    measure,
     probe_ids,
     reference_replies,
 )
@@ -56,6 +60,24 @@ class ExportResult:
     """Merge strategy used for ``merged_dir``."""
     parity: dict[str, Any]
     """Everything measured (also in ``parity.json``)."""
+    agreements: dict[str, Agreement] = attrs.field(factory=dict)
+    """Artefact (``merged (nf4-roundtrip)``, ``gguf Q4_K_M``, ...) -> its measurements
+    against the reference: top-1, KL and, on held-out replies, the perplexity ratio."""
+
+
+@attrs.frozen(kw_only=True)
+class _Merged:
+    """The kept merged model's strategy and what the GGUF files are measured against."""
+
+    strategy: str
+    outputs: ModelOutputs | None
+    """Its logits on probes and held-out replies (None when no GGUF is written)."""
+    replies: list[dict[str, Any]]
+    """Its greedy probe replies."""
+    imatrix: ImportanceMatrix | None
+    """Importance matrix collected from it, for the K-quants."""
+    measured: dict[str, Agreement]
+    """Every candidate strategy against the trained model."""
 
 
 @attrs.define
@@ -66,6 +88,12 @@ class AdapterExporter:
     """A training run directory (or the :class:`~medlora.TrainingResult` of one)."""
     config: ExportConfig = attrs.field(factory=ExportConfig)
     """What to write and how strictly to check it."""
+    held_out: ClinicalDataset | None = None
+    """Records whose replies every artefact is scored on; default: the run's held-out split,
+    rebuilt from its config (the embedded synthetic records, with a warning, when it cannot
+    be)."""
+    calibration: ClinicalDataset | None = None
+    """Records the importance matrix is collected on; default: the run's training split."""
 
     @property
     def run_dir(self) -> Path:
@@ -116,8 +144,22 @@ class AdapterExporter:
             gguf_preflight(base)
         name = cfg.name or out_dir.name
         parity: dict[str, Any] = {"artefacts": {}}
+        agreements: dict[str, Agreement] = {}
         problems: list[str] = []
         ids = probe_ids(tokenizer)
+        text = run_text(
+            info,
+            tokenizer,
+            held_out=self.held_out,
+            calibration=self.calibration,
+            max_positions=cfg.fidelity_positions,
+            max_calibration_tokens=cfg.imatrix_tokens if cfg.imatrix_types else 0,
+        )
+        parity["fidelity_text"] = {
+            "source": text.fidelity.source,
+            "texts": len(text.fidelity.ids),
+            "positions": text.fidelity.positions,
+        }
         with atomic_dir(out_dir, error=ExportError, need=need, hint=hint) as tmp:
             files: dict[str, str] = {}
             adapter_dir = merged_dir = None
@@ -132,45 +174,51 @@ class AdapterExporter:
                 files["GGUF LoRA adapter (llama.cpp --lora, on the base GGUF)"] = (
                     f"gguf/{lora.name}"
                 )
-            reference = hf_logits(load_trained(base, adapter_src, quant), ids)
+            reference = hf_outputs(load_trained(base, adapter_src, quant), ids, text.fidelity)
             release_memory()  # the 4-bit model is gone before any merge starts
             strategy = None
-            merged_logits: list[Any] = []
-            replies: list[dict[str, Any]] = []
+            merged: _Merged | None = None
             if "merged" in cfg.formats or "gguf" in cfg.formats:
                 merged_dir = tmp / "merged"
-                strategy, merged_logits, replies, measured = self._merge(
-                    base, adapter_src, quant, ids, reference, merged_dir, tokenizer
+                merged = self._merge(
+                    base, adapter_src, quant, ids, reference, merged_dir, tokenizer, text
                 )
-                parity["merge"] = measured
+                strategy, kept = merged.strategy, merged.measured[merged.strategy]
+                parity["merge"] = {k: v.to_dict() for k, v in merged.measured.items()}
                 limit = cfg.merge_kl_limit(strategy)
-                if measured[strategy]["mean_kl"] > limit:
+                if kept.mean_kl > limit:
                     problems.append(
-                        f"merged ({strategy}) mean KL {measured[strategy]['mean_kl']:.3g}"
-                        f" > {limit:g} (max_merge_kl)"
+                        f"merged ({strategy}) mean KL {kept.mean_kl:.3g} > {limit:g} (max_merge_kl)"
                     )
-                parity["artefacts"][f"merged ({strategy})"] = measured[strategy]
+                agreements[f"merged ({strategy})"] = kept
                 files["merged safetensors (vLLM)"] = "merged/"
             fault_point("export-write", out_dir.name)
             gguf_files: dict[str, Path] = {}
-            if "gguf" in cfg.formats and merged_dir is not None:
-                gguf_files = self._write_gguf(merged_dir, tmp / "gguf", name, base)
+            if "gguf" in cfg.formats and merged is not None and merged_dir is not None:
+                imatrix = merged.imatrix
+                parity["imatrix"] = _imatrix_record(imatrix, cfg.imatrix_types, text)
+                gguf_files = self._write_gguf(merged_dir, tmp / "gguf", name, base, imatrix)
                 for qtype, path in gguf_files.items():
                     files[f"GGUF {qtype} (llama.cpp)"] = f"gguf/{path.name}"
+                assert merged.outputs is not None
                 problems += check_gguf_files(
                     gguf_files,
                     ids=ids,
-                    merged_logits=merged_logits,
-                    replies=replies,
+                    text=text.fidelity,
+                    reference=merged.outputs,
+                    replies=merged.replies,
+                    imatrix_types=cfg.imatrix_types if imatrix is not None else (),
                     tokenizer=tokenizer,
                     config=cfg,
                     parity=parity,
+                    agreements=agreements,
                 )
                 write_modelfiles(tmp / "gguf", gguf_files, chat_template_of(tokenizer))
                 if "merged" not in cfg.formats:
                     shutil.rmtree(tmp / "merged")
                     merged_dir = None
-            del merged_logits, replies, reference
+            del merged, reference
+            parity["artefacts"] = {k: v.to_dict() for k, v in agreements.items()}
             parity["vllm"] = self._check_vllm(
                 tmp / "adapter" if adapter_dir else None, tmp / "merged" if merged_dir else None
             )
@@ -211,6 +259,7 @@ class AdapterExporter:
             gguf_files={k: out_dir / "gguf" / v.name for k, v in gguf_files.items()},
             merge_strategy=strategy,
             parity=parity,
+            agreements=agreements,
         )
 
     def _write_adapter(self, src: Path, dst: Path, base: Path) -> Path:
@@ -227,58 +276,76 @@ class AdapterExporter:
         adapter: Path,
         quant: QuantizationConfig | None,
         ids: list[list[int]],
-        reference: list[Any],
+        reference: ModelOutputs,
         dst: Path,
         tokenizer: Any,
-    ) -> tuple[str, list[Any], list[dict[str, Any]], dict[str, dict[str, float]]]:
+        text: RunText,
+    ) -> _Merged:
         """Write each candidate strategy's merged directory and measure it as it ships.
 
         Each candidate is written in ``merged_dtype`` and measured against training from that
-        directory (16-bit storage, float32 compute: :func:`load_upcast`); the lowest-KL one
-        becomes ``dst``, the others are deleted. Returns the strategy, the kept directory's
-        logits on ``ids`` and greedy probe replies (the references for the GGUF files; empty
-        when no GGUF is written) and every candidate's agreement. ``nf4-roundtrip`` is
-        measured last and usually wins, so its loaded model gives the logits and replies
-        without a second load; at most one candidate's logits are held.
+        directory (16-bit storage, float32 compute: :func:`load_upcast`) on the probes and
+        the held-out replies; the one closest to the trained model (lowest KL on held-out
+        replies) becomes ``dst``, the others are deleted. When GGUF files follow, the kept
+        model's outputs, greedy probe replies and importance matrix come with it.
+        ``nf4-roundtrip`` is measured last and usually wins, so its loaded model serves
+        without a second load; at most one candidate's outputs are held besides the kept one.
         """
         wanted = self.config.merge_strategy
         candidates = ["original", "nf4-roundtrip"] if wanted == "auto" else [wanted]
         if quant is None:
             candidates = ["original"]
         for_gguf = "gguf" in self.config.formats
-        measured: dict[str, dict[str, float]] = {}
-        best: tuple[float, str] | None = None
-        logits: list[Any] = []
-        replies: list[dict[str, Any]] = []
+        measured: dict[str, Agreement] = {}
+        kept: tuple[str, ModelOutputs] | None = None
+        extras: tuple[list[dict[str, Any]], ImportanceMatrix | None] = ([], None)
         for strategy in candidates:
             path = dst.with_name(f".merged-{strategy}")
             self._write_merged(base, adapter, quant, strategy, path, tokenizer)
-            logits = []  # the previous candidate's logits go before this one's are made
             release_memory()  # what the merge freed, before the 16-bit model comes in
             model = load_upcast(path)
-            logits = hf_logits(model, ids)
-            agreement: Agreement = compare(reference, logits)
-            measured[strategy] = agreement.to_dict()
-            if best is None or agreement.mean_kl < best[0]:
-                if best is not None:
-                    shutil.rmtree(dst.with_name(f".merged-{best[1]}"))
-                best = (agreement.mean_kl, strategy)
+            outputs = hf_outputs(model, ids, text.fidelity)
+            measured[strategy] = measure(reference, outputs, text.fidelity)
+            if kept is None or _distance(measured[strategy]) < _distance(measured[kept[0]]):
+                if kept is not None:
+                    shutil.rmtree(dst.with_name(f".merged-{kept[0]}"))
+                kept = (strategy, outputs)
                 if for_gguf and strategy == candidates[-1]:
-                    replies = reference_replies(model, tokenizer)
+                    extras = self._gguf_references(model, tokenizer, text)
             else:
                 shutil.rmtree(path)
-            del model
+            del model, outputs
             release_memory()
-        assert best is not None
-        dst.with_name(f".merged-{best[1]}").rename(dst)
+        assert kept is not None
+        strategy = kept[0]
+        dst.with_name(f".merged-{strategy}").rename(dst)
         if not for_gguf:
-            return best[1], [], [], measured
-        if best[1] != candidates[-1]:
+            return _Merged(
+                strategy=strategy, outputs=None, replies=[], imatrix=None, measured=measured
+            )
+        if strategy != candidates[-1]:
             model = load_upcast(dst)
-            logits, replies = hf_logits(model, ids), reference_replies(model, tokenizer)
+            extras = self._gguf_references(model, tokenizer, text)
             del model
             release_memory()
-        return best[1], logits, replies, measured
+        return _Merged(
+            strategy=strategy,
+            outputs=kept[1],
+            replies=extras[0],
+            imatrix=extras[1],
+            measured=measured,
+        )
+
+    def _gguf_references(
+        self, model: Any, tokenizer: Any, text: RunText
+    ) -> tuple[list[dict[str, Any]], ImportanceMatrix | None]:
+        """The merged model's greedy probe replies, and its importance matrix on the
+        calibration text when a K-quant will use it."""
+        replies = reference_replies(model, tokenizer)
+        if not self.config.imatrix_types or not text.calibration:
+            return replies, None
+        dataset = f"medlora: {text.calibration_source}, {text.calibration_tokens} tokens"
+        return replies, collect_imatrix(model, text.calibration, dataset=dataset)
 
     def _write_merged(
         self,
@@ -332,7 +399,14 @@ class AdapterExporter:
             )
         return found
 
-    def _write_gguf(self, merged_dir: Path, dst: Path, name: str, base: Path) -> dict[str, Path]:
+    def _write_gguf(
+        self,
+        merged_dir: Path,
+        dst: Path,
+        name: str,
+        base: Path,
+        imatrix: ImportanceMatrix | None,
+    ) -> dict[str, Path]:
         dst.mkdir(exist_ok=True)
         metadata = self._gguf_metadata(name, base)
         out: dict[str, Path] = {}
@@ -345,10 +419,31 @@ class AdapterExporter:
             elif qtype in GGUF_NUMPY_TYPES:
                 out[qtype] = write_gguf(merged_dir, path, outtype=qtype, metadata=metadata)
             else:
-                out[qtype] = quantize_gguf(intermediate, path, qtype)
+                weights = imatrix if qtype in self.config.imatrix_types else None
+                out[qtype] = quantize_gguf(intermediate, path, qtype, imatrix=weights)
         if "F16" not in self.config.gguf_types:
             intermediate.unlink()
         return out
+
+
+def _distance(agreement: Agreement) -> float:
+    """How far a merge is from the trained model: KL on held-out replies when measured."""
+    return agreement.reply_kl if agreement.reply_kl is not None else agreement.mean_kl
+
+
+def _imatrix_record(
+    imatrix: ImportanceMatrix | None, types: tuple[str, ...], text: RunText
+) -> dict[str, Any] | None:
+    """``parity.json``'s account of the importance matrix (None when none was used)."""
+    if imatrix is None:
+        return None
+    return {
+        "types": list(types),
+        "entries": len(imatrix.values),
+        "tokens": imatrix.tokens,
+        "chunks": imatrix.chunks,
+        "source": text.calibration_source,
+    }
 
 
 def _check_free_space(out_dir: Path, base: Path) -> int:

@@ -18,13 +18,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medlora._errors import ConfigError, ExportError
 from medlora._io import atomic_path
 from medlora._optional import require
 from medlora.export._gguf_rope import ROPE_FREQS_TENSOR, Rope, add_rope_keys, read_rope, rope_freqs
 from medlora.export._gguf_vocab import GGUFVocab, add_vocab, gguf_tokenizer_report, load_vocab
+
+if TYPE_CHECKING:
+    from medlora.export._imatrix import ImportanceMatrix
 
 __all__ = [
     "GGUF_LLAMA_CPP_TYPES",
@@ -143,7 +146,14 @@ def write_gguf(
     return out_path
 
 
-def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = None) -> Path:
+def quantize_gguf(
+    src: Path,
+    dst: Path,
+    qtype: str,
+    *,
+    threads: int | None = None,
+    imatrix: ImportanceMatrix | None = None,
+) -> Path:
     """Re-quantize a GGUF file (F16 or F32 is best) with llama.cpp's quantizer.
 
     Args:
@@ -151,24 +161,33 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
         dst: The output file; replaced only once the new one is complete.
         qtype: One of :data:`GGUF_LLAMA_CPP_TYPES` (``"Q4_K_M"`` is the usual choice).
         threads: Quantizer threads; llama.cpp's default (all cores) when ``None``.
+        imatrix: An importance matrix (:func:`~medlora.export.collect_imatrix`) to weigh the
+            rounding error by; the K-quants use it, Q8_0 ignores it. The file records it in
+            ``quantize.imatrix.entries_count``/``chunks_count``/``dataset``.
 
     Raises:
         ConfigError: An unknown ``qtype``.
-        ExportError: llama.cpp refused the file (details are on stderr).
+        ExportError: llama.cpp refused the file (details are on stderr), or did not take the
+            importance matrix.
     """
     name = _check_type(qtype, GGUF_LLAMA_CPP_TYPES, "quantize_gguf", other=GGUF_NUMPY_TYPES)
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ExportError(f"{src} does not exist; write it first with write_gguf()")
     llama_cpp = require("llama_cpp", "GGUF quantization")
+    from medlora.export._imatrix import check_imatrix_log, quantize_extras
+    from medlora.export._llama_cpp import captured_stderr, llama_cpp_log_lines
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
     if threads is not None:
         params.nthread = int(threads)
-    from medlora.export._llama_cpp import captured_stderr
-
+    extras = quantize_extras(llama_cpp, imatrix) if imatrix is not None else None
+    if extras is not None:
+        params.imatrix = extras.imatrix
+        params.kv_overrides = extras.kv_overrides
     with atomic_path(dst) as tmp:
-        with captured_stderr() as log:
+        with captured_stderr() as log, llama_cpp_log_lines():
             code = llama_cpp.llama_model_quantize(
                 str(src).encode(), str(tmp).encode(), ctypes.byref(params)
             )
@@ -177,6 +196,8 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
             raise ExportError(
                 f"llama.cpp could not quantize {src} to {name} (return code {code}):\n{reason}"
             )
+        if imatrix is not None:
+            check_imatrix_log(log, imatrix)
     return dst
 
 

@@ -6,13 +6,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from medlora.export._config import ExportConfig
+from medlora.export._fidelity import FidelityText
+from medlora.export._imatrix import IMATRIX_TYPES
 from medlora.export._parity import (
+    Agreement,
+    ModelOutputs,
     chat_path_report,
     chat_template_problems,
-    compare,
     generation_stops,
-    llama_cpp_logits,
+    llama_cpp_outputs,
+    measure,
     probe_conversations,
     tokenization_report,
 )
@@ -22,35 +28,40 @@ def check_gguf_files(
     gguf_files: dict[str, Path],
     *,
     ids: list[list[int]],
-    merged_logits: list[Any],
+    text: FidelityText,
+    reference: ModelOutputs,
     replies: list[dict[str, Any]],
+    imatrix_types: tuple[str, ...],
     tokenizer: Any,
     config: ExportConfig,
     parity: dict[str, Any],
+    agreements: dict[str, Agreement],
 ) -> list[str]:
-    """Measure each GGUF and record the results in ``parity``; returns the problems found.
+    """Measure each GGUF, record it in ``agreements`` and ``parity``; returns the problems.
 
-    Per file: tie-aware top-1 agreement with ``merged_logits`` on ``ids`` against its
-    threshold, and stopping at EOS through llama.cpp's chat path wherever the merged model's
-    greedy ``replies`` (:func:`~medlora.export._parity.reference_replies`) stop. Once (the
-    files share one vocabulary and template): llama.cpp's tokenization of the rendered
-    probes, the embedded chat template and special ids, and llama-cpp-python's chat-handler
-    prompt ids.
+    Per file: against the merged model's ``reference`` outputs, the perplexity ratio and KL
+    on the held-out replies of ``text`` (gated by type), top-1 agreement on ``ids`` (gated
+    only for types in ``min_agreement``), and stopping at EOS through llama.cpp's chat path
+    wherever the merged model's greedy ``replies``
+    (:func:`~medlora.export._parity.reference_replies`) stop. Once (the files share one
+    vocabulary and template): llama.cpp's tokenization of the rendered probes, the embedded
+    chat template and special ids, and llama-cpp-python's chat-handler prompt ids.
     """
     from medlora.data import render
 
     problems: list[str] = []
     for qtype, path in gguf_files.items():
-        agreement = compare(
-            merged_logits, llama_cpp_logits(path, ids), tie_tolerance=config.tie_tolerance
+        agreement = attrs.evolve(
+            measure(
+                reference,
+                llama_cpp_outputs(path, ids, text),
+                text,
+                tie_tolerance=config.tie_tolerance,
+            ),
+            imatrix=qtype in imatrix_types if qtype in IMATRIX_TYPES else None,
         )
-        parity["artefacts"][f"gguf {qtype}"] = agreement.to_dict()
-        if agreement.top1_within_tie < config.threshold(qtype):
-            problems.append(
-                f"GGUF {qtype} top-1 agreement {agreement.top1_within_tie:.4f} "
-                f"(raw {agreement.top1:.4f}, ties under {config.tie_tolerance:g} nats "
-                f"allowed) < {config.threshold(qtype)}"
-            )
+        agreements[f"gguf {qtype}"] = agreement
+        problems += gate_problems(qtype, agreement, config)
     first = next(iter(gguf_files.values()))
     texts = [render(tokenizer, c, generation_prompt=True) for c in probe_conversations()]
     report = tokenization_report(first, tokenizer, texts)
@@ -91,3 +102,29 @@ def _check_stops(
         for qtype, row in found.items()
         if row["missed"]
     ]
+
+
+def gate_problems(qtype: str, agreement: Agreement, config: ExportConfig) -> list[str]:
+    """The gates a GGUF file of ``qtype`` failed: held-out reply perplexity ratio and KL
+    (:data:`~medlora.export.DEFAULT_MAX_PPL_RATIO`, :data:`~medlora.export.DEFAULT_MAX_REPLY_KL`),
+    and top-1 agreement where ``min_agreement`` names the type."""
+    problems = []
+    ratio, kl = agreement.ppl_ratio, agreement.reply_kl
+    if ratio is not None and ratio > config.ppl_ratio_limit(qtype):
+        problems.append(
+            f"GGUF {qtype} held-out reply perplexity ratio {ratio:.4f} > "
+            f"{config.ppl_ratio_limit(qtype):g} (max_ppl_ratio; {agreement.reply_positions} "
+            "positions)"
+        )
+    if kl is not None and kl > config.reply_kl_limit(qtype):
+        problems.append(
+            f"GGUF {qtype} held-out reply KL {kl:.4g} nats > {config.reply_kl_limit(qtype):g} "
+            "(max_reply_kl)"
+        )
+    if agreement.top1_within_tie < config.threshold(qtype):
+        problems.append(
+            f"GGUF {qtype} top-1 agreement {agreement.top1_within_tie:.4f} "
+            f"(raw {agreement.top1:.4f}, ties under {config.tie_tolerance:g} nats "
+            f"allowed) < {config.threshold(qtype)} (min_agreement)"
+        )
+    return problems

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import sys
 import tempfile
@@ -20,12 +22,15 @@ def captured_stderr() -> Iterator[list[str]]:
     """Send what C code writes to file descriptor 2 into a list instead of the terminal.
 
     llama.cpp's quantizer logs every tensor to stderr; callers show the captured text only
-    when something failed. The list is filled when the block exits.
+    when something failed. llama-cpp-python's log callback writes through ``sys.stderr``
+    instead, which may not be file descriptor 2 (pytest, notebooks), so that is captured too.
+    The list is filled when the block exits: descriptor 2's lines, then ``sys.stderr``'s.
     """
     lines: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    python_side = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as sink, contextlib.redirect_stderr(python_side):
         os.dup2(sink.fileno(), 2)
         try:
             yield lines
@@ -34,6 +39,25 @@ def captured_stderr() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             lines.extend(sink.read().decode("utf-8", "replace").splitlines())
+            lines.extend(python_side.getvalue().splitlines())
+
+
+@contextlib.contextmanager
+def llama_cpp_log_lines() -> Iterator[None]:
+    """Let llama.cpp's informational log lines reach stderr for the block.
+
+    llama-cpp-python routes llama.cpp's log through the ``llama-cpp-python`` logger and drops
+    lines under its level, which every ``Llama(verbose=False)`` sets to ERROR; the quantizer's
+    report (importance matrix taken, tensors it found no entry for) is INFO. The logger's level
+    is restored when the block exits.
+    """
+    logger = logging.getLogger("llama-cpp-python")
+    saved = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 @contextlib.contextmanager

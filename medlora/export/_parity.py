@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 
+from medlora.export._fidelity import FidelityText
+
 PROBE_QUESTIONS = (
     "A 58-year-old man has crushing chest pain for 40 minutes. What is the first step?",
     "What are common side effects of metformin?",
@@ -55,21 +57,34 @@ def probe_ids(tokenizer: Any, n: int = 24) -> list[list[int]]:
     return [encode_chat(tokenizer, c, generation_prompt=True) for c in probe_conversations(n)]
 
 
-def hf_logits(model: Any, ids: Sequence[Sequence[int]]) -> list[Any]:
-    """Float32 logits (seq, vocab) of ``model`` for each id sequence, one at a time."""
+def hf_logits(
+    model: Any, ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]] | None = None
+) -> list[Any]:
+    """Float32 logits (seq, vocab) of ``model`` for each id sequence, one at a time.
+
+    With ``rows``, only those positions of each sequence are kept: (len(rows[i]), vocab).
+    """
     import torch
 
     device = next(p for p in model.parameters()).device
     out = []
     with torch.no_grad():
-        for seq in ids:
+        for index, seq in enumerate(ids):
             x = torch.tensor([list(seq)], device=device)
-            out.append(model(input_ids=x).logits[0].float().cpu())
+            if rows is None:
+                logits = model(input_ids=x).logits[0]  # (seq, vocab)
+            else:  # the LM head runs at the kept positions only
+                keep = torch.tensor(list(rows[index]), device=device, dtype=torch.long)
+                logits = model(input_ids=x, logits_to_keep=keep).logits[0]  # (rows, vocab)
+            out.append(logits.float().cpu())
     return out
 
 
-def llama_cpp_logits(path: Path, ids: Sequence[Sequence[int]]) -> list[Any]:
-    """Float32 logits (seq, vocab) from llama.cpp for each id sequence."""
+def llama_cpp_logits(
+    path: Path, ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]] | None = None
+) -> list[Any]:
+    """Float32 logits (seq, vocab) from llama.cpp for each id sequence (``rows``: as
+    :func:`hf_logits`)."""
     import numpy as np
     import torch
 
@@ -79,10 +94,11 @@ def llama_cpp_logits(path: Path, ids: Sequence[Sequence[int]]) -> list[Any]:
     llm = open_gguf(path, n_ctx=max(64, longest + 8), logits_all=True)
     out = []
     try:
-        for seq in ids:
+        for index, seq in enumerate(ids):
             llm.reset()
             llm.eval(list(seq))
-            scores = np.array(llm.scores[: len(seq)], dtype=np.float32)
+            keep = list(range(len(seq))) if rows is None else list(rows[index])
+            scores = np.array(llm.scores[keep], dtype=np.float32)
             out.append(torch.from_numpy(scores))
     finally:
         llm.close()
@@ -114,10 +130,70 @@ class Agreement:
     """Mean KL(reference || candidate) per position, in nats."""
     positions: int
     """Positions compared."""
+    reply_top1: float | None = None
+    """Raw top-1 agreement at the positions of held-out conversations that predict a token of
+    an assistant reply (the positions training takes loss on); None when not measured."""
+    reply_kl: float | None = None
+    """Mean KL(reference || candidate) per reply position, in nats."""
+    ppl_ratio: float | None = None
+    """Candidate perplexity over reference perplexity of the actual next tokens at the reply
+    positions: ``exp(mean NLL candidate - mean NLL reference)``. 1.0 is identical; the export
+    gates GGUF files on it (:data:`~medlora.export.DEFAULT_MAX_PPL_RATIO`)."""
+    reference_ppl: float | None = None
+    """The reference's perplexity of the reply tokens."""
+    candidate_ppl: float | None = None
+    """The candidate's perplexity of the reply tokens."""
+    reply_positions: int = 0
+    """Reply positions scored (0: no held-out text was scored)."""
+    imatrix: bool | None = None
+    """Whether llama.cpp quantized this file with an importance matrix (None: the artefact is
+    not a llama.cpp quantization)."""
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain mapping for JSON."""
         return attrs.asdict(self)
+
+
+def compare_replies(
+    reference: Sequence[Any], candidate: Sequence[Any], targets: Sequence[Sequence[int]]
+) -> dict[str, Any]:
+    """Fidelity of ``candidate`` to ``reference`` where it matters: on reply tokens.
+
+    Args:
+        reference: Per text, the reference's logits at its scored positions, (n_i, vocab).
+        candidate: The candidate's logits at the same positions.
+        targets: Per text, the token that actually follows each scored position (n_i ids).
+
+    Returns:
+        The ``reply_*``, ``ppl_ratio``, ``reference_ppl``, ``candidate_ppl`` and
+        ``reply_positions`` fields of :class:`Agreement` (``attrs.evolve`` them in).
+    """
+    import math
+
+    import torch
+
+    same = total = 0
+    kl_sum = nll_ref = nll_cand = 0.0
+    for ref, cand, target in zip(reference, candidate, targets, strict=True):
+        vocab = min(ref.shape[-1], cand.shape[-1])
+        p = torch.log_softmax(ref[:, :vocab].double(), -1)  # (n, vocab)
+        q = torch.log_softmax(cand[:, :vocab].double(), -1)
+        index = torch.tensor(list(target), dtype=torch.long)[:, None]
+        same += int((p.argmax(-1) == q.argmax(-1)).sum())
+        kl_sum += float((p.exp() * (p - q)).sum())
+        nll_ref -= float(p.gather(-1, index).sum())
+        nll_cand -= float(q.gather(-1, index).sum())
+        total += p.shape[0]
+    if not total:
+        return {}
+    return {
+        "reply_top1": same / total,
+        "reply_kl": kl_sum / total,
+        "ppl_ratio": math.exp((nll_cand - nll_ref) / total),
+        "reference_ppl": math.exp(nll_ref / total),
+        "candidate_ppl": math.exp(nll_cand / total),
+        "reply_positions": total,
+    }
 
 
 def compare(
@@ -159,6 +235,41 @@ def compare(
         max_abs_logit_diff=max_diff,
         mean_kl=kl_sum / total,
         positions=total,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ModelOutputs:
+    """One model's logits on the probe prompts and at the held-out reply positions."""
+
+    probes: list[Any]
+    """Per probe, (seq, vocab) logits (:func:`probe_ids`)."""
+    replies: list[Any]
+    """Per held-out text, (scored positions, vocab) logits (:class:`FidelityText` rows)."""
+
+
+def hf_outputs(model: Any, ids: Sequence[Sequence[int]], text: FidelityText) -> ModelOutputs:
+    """:class:`ModelOutputs` of an HF model."""
+    return ModelOutputs(probes=hf_logits(model, ids), replies=hf_logits(model, text.ids, text.rows))
+
+
+def llama_cpp_outputs(path: Path, ids: Sequence[Sequence[int]], text: FidelityText) -> ModelOutputs:
+    """:class:`ModelOutputs` of a GGUF file run by llama.cpp."""
+    replies = llama_cpp_logits(path, text.ids, text.rows) if text.ids else []
+    return ModelOutputs(probes=llama_cpp_logits(path, ids), replies=replies)
+
+
+def measure(
+    reference: ModelOutputs,
+    candidate: ModelOutputs,
+    text: FidelityText,
+    *,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+) -> Agreement:
+    """:func:`compare` on the probes with :func:`compare_replies` on the held-out replies."""
+    agreement = compare(reference.probes, candidate.probes, tie_tolerance=tie_tolerance)
+    return attrs.evolve(
+        agreement, **compare_replies(reference.replies, candidate.replies, text.targets)
     )
 
 

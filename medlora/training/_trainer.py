@@ -35,6 +35,7 @@ from medlora.training._callbacks import (
     tensorboard_logger,
 )
 from medlora.training._config import TrainingConfig
+from medlora.training._datasets import run_records, split_records
 from medlora.training._loss import with_loss_index
 from medlora.training._model import (
     PADDING_FREE_ATTENTION,
@@ -94,18 +95,10 @@ class QLoRATrainer:
     """The model and its loss as one module (sharded in place under FSDP)."""
 
     def _datasets(self) -> tuple[ClinicalDataset, ClinicalDataset | None]:
-        cfg = self.config
-        dataset = self.dataset
-        if dataset is None:
-            opts: dict[str, Any] = {"system_prompt": cfg.system_prompt}
-            dataset = (
-                ClinicalDataset.from_jsonl(cfg.data, **opts)
-                if cfg.data
-                else ClinicalDataset.default(**opts)
-            )
-        if self.eval_dataset is not None or cfg.validation_fraction == 0:
+        dataset = self.dataset if self.dataset is not None else run_records(self.config)
+        if self.eval_dataset is not None:
             return dataset, self.eval_dataset
-        return dataset.split(test_size=cfg.validation_fraction, seed=cfg.seed)
+        return split_records(dataset, self.config)
 
     def _prepare(self, dataset: ClinicalDataset, run_dir: Path, *, pack: bool) -> PreparedData:
         """Tokenized (optionally packed) examples, cached in the run directory by fingerprint;
