@@ -1,4 +1,4 @@
-"""Benchmarks run at a smoke size, so they cannot rot unnoticed."""
+"""Benchmarks run at a smoke size, so they cannot rot unnoticed (the GPU run too, on CPU)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,44 @@ def test_real_quality_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     written = json.loads((tmp_path / "quality.json").read_text())
     assert written["rows"]["merged"]["refusal_n"] == 2
     assert written["refusal_detector"]["recall"] == 1.0
+
+
+@pytest.mark.slow  # measured 2-6 minutes on 2 shared cores: 4 trainer processes, 2 profiles
+def test_gpu_run_dry_run_writes_every_figure(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("OUT", None)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_run.py"), "--dry-run"]
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [
+        "gpu-tests.log",
+        "profile.json",
+        "profile.txt",
+        "run.log",
+        "throughput.json",
+        "throughput.md",
+        "versions.txt",
+    ]  # at most 8 files: what the device tool brings back
+    assert "bitsandbytes: " in (tmp_path / "versions.txt").read_text()
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    for name in ("padded", "packed"):
+        census = profile[name]["census"]
+        assert census["matmul"] and census["attention"], census  # products and SDPA were seen
+        assert set(census["matmul"]) == {"torch.float32"}  # CPU default precision
+        assert profile[name]["runtime"]["packed_attention"] == "position_ids"
+    results = json.loads((tmp_path / "throughput.json").read_text())["results"]
+    assert [r["variant"] for r in results] == ["trl", "medlora", "trl-packed", "medlora-packed"]
+    assert all(r["tokens_per_s"] > 0 and r["timed_steps"] == 2 for r in results)
+    packed = {r["variant"]: r["tokens_per_step"] for r in results}
+    # Packed rows carry more real tokens per step than padded ones, in both trainers.
+    assert packed["medlora-packed"] > packed["medlora"]
+    assert packed["trl-packed"] > packed["trl"]
+    table = (tmp_path / "throughput.md").read_text()
+    assert "| medlora-packed |" in table and "vs TRL" in table
 
 
 @pytest.mark.slow
