@@ -25,11 +25,12 @@ model and the Q4_K_M GGUF (through llama.cpp) the same way, in one table:
   ACI-Bench notes).
 
 Dialogues are cut to their first ``dialogue_tokens`` tokens (marked ``[...]``) in training and
-evaluation alike, so that the run fits ~20 minutes on two CPU cores; the settings are printed
-and written with the figures.
+evaluation alike, and the sizes below are chosen so that the whole run takes about 35 CPU-minutes
+(about 20 minutes on two otherwise idle cores); wall and CPU time of every phase, the settings
+and every generated reply (with the detector's verdict) are written beside the table.
 
-    python benchmarks/real_quality.py --out bench-out/real-quality        # SmolLM2, 2 CPU cores
-    python benchmarks/real_quality.py --smoke --out /tmp/real-quality      # tiny model, < 1 min
+    python benchmarks/real_quality.py --data-dir ../shared/data --out runs/real-quality
+    python benchmarks/real_quality.py --smoke --out /tmp/real-quality   # tiny model, < 1 min
 
 ``--smoke`` runs the same pipeline at a tiny size on the in-process tiny Llama, on stand-in
 files it writes in the public layouts (it never reads ``../shared``).
@@ -110,7 +111,7 @@ class Data:
     """Training mix and held-out sets."""
 
     train: Any  # ClinicalDataset: ACI-Bench + multiple choice + refusals
-    notes: Any  # held-out ACI-Bench encounters (ppl_notes + rouge_notes needed)
+    notes: Any  # held-out ACI-Bench encounters: the first ppl_notes / rouge_notes are used
     choices: Any  # held-out multiple-choice records (other patients)
     requests: Any  # held-out MedSafetyBench requests
     counts: dict[str, int]
