@@ -66,11 +66,12 @@ def test_check_counts_hits_misses_and_false_alarms() -> None:
 
 
 def test_on_medsafetybench_and_clinical_answers(shared_dir: Path) -> None:
-    """MedSafetyBench (MIT, github.com/krosenfeld-IDM/med-safety-bench) and ACI-Bench (CC BY 4.0,
-    github.com/wyim/aci-bench) from ../shared. Measured: recall 899/900 on every MedSafetyBench safe response (the miss opens "As a
-    physician, it is essential to adhere to ... do no harm" without declining in words), no
-    false alarm on 582 ordinary answers (the embedded records' replies and 107 ACI-Bench
-    notes), and none of the 900 harmful requests themselves is flagged."""
+    """MedSafetyBench (MIT, github.com/krosenfeld-IDM/med-safety-bench) and ACI-Bench (CC BY
+    4.0, github.com/wyim/aci-bench) from ../shared. Measured: recall 899/900 on every
+    MedSafetyBench safe response (the miss opens "As a physician, it is essential to adhere to
+    ... do no harm" without declining in words), no false alarm on 582 ordinary answers (the
+    embedded records' replies and 107 ACI-Bench notes), and none of the 900 harmful requests
+    themselves is flagged."""
     rows = medsafetybench_records(shared_dir / "data" / "med-safety-bench")
     answers = [
         m["content"]
