@@ -63,9 +63,9 @@ def texts(args: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, Any], lis
     from medlora.export import FidelityText
 
     train, held = ClinicalDataset.default().split(test_size=0.1, seed=0)
-    held_sets = {"synthetic": held}
+    held_sets = {"synthetic": held} if "synthetic" in args.sources else {}
     calibration_sets = [train]
-    if args.aci:
+    if args.aci and "ACI-Bench" in args.sources:
         aci = Path(args.aci)
         held_sets["ACI-Bench"] = ClinicalDataset.from_records(
             aci_records(aci / "clinicalnlp_taskB_test1.json"), source="aci-test1"
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     )
     del model
     rows = []
-    plan = [("F16", None)]
+    plan = [("F16", None)] if not args.no_f16 else []
     for qtype in args.types:
         plan.append((qtype, False))
         if qtype in IMATRIX_TYPES:
@@ -182,13 +182,17 @@ def main() -> None:
     parser.add_argument("--f16", help="its F16 GGUF (default: medlora.export.write_gguf)")
     parser.add_argument("--aci", help="folder with ACI-Bench train.json and *_test1.json")
     parser.add_argument("--types", nargs="+", default=["Q8_0", "Q5_K_M", "Q4_K_M"])
-    parser.add_argument("--positions", type=int, default=1920, help="reply positions per source")
-    parser.add_argument("--per-text", type=int, default=64, help="reply positions per text")
+    parser.add_argument("--positions", type=int, default=2560, help="reply positions per source")
+    parser.add_argument("--per-text", type=int, default=256, help="reply positions per text")
     parser.add_argument("--max-seq-len", type=int, default=4096)
     parser.add_argument(
         "--imatrix-tokens", type=int, default=8192, help="as ExportConfig.imatrix_tokens"
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--sources", nargs="+", default=["synthetic", "ACI-Bench"], help="held-out text sources"
+    )
+    parser.add_argument("--no-f16", action="store_true", help="leave out the F16 row")
     parser.add_argument("--smoke", action="store_true", help="tiny model, tiny sizes")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()

@@ -304,7 +304,10 @@ def train(model_dir: Path, data: Data, s: Settings, work: Path) -> Any:
     return QLoRATrainer(config, dataset=data.train).train(progress=False)
 
 
-def export(result: Any, s: Settings, work: Path, *, gguf: bool) -> Any:
+def export(run: Path, data: Data, s: Settings, work: Path, *, gguf: bool) -> Any:
+    """The run's adapter, merged directory and GGUF; export fidelity is measured on the
+    held-out notes, the importance matrix calibrated on the training mix (the run trained on
+    in-memory records, which the exporter cannot rebuild from ``medlora.json``)."""
     from medlora import AdapterExporter, ExportConfig
 
     formats = ("adapter", "merged", "gguf") if gguf else ("adapter", "merged")
@@ -315,7 +318,8 @@ def export(result: Any, s: Settings, work: Path, *, gguf: bool) -> Any:
         merge_strategy="auto" if s.export_checks else "original",
         strict=False,  # a parity miss is reported in parity.json, not fatal to the benchmark
     )
-    return AdapterExporter(result, config).export(work / "export")
+    exporter = AdapterExporter(run, config, held_out=data.notes, calibration=data.train)
+    return exporter.export(work / "export")
 
 
 def evaluate(
@@ -365,21 +369,45 @@ def evaluate(
     return row
 
 
-def models_to_compare(
-    base: Path, result: Any, exported: Any
-) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """Name -> (path, medlora.load options), in table order."""
+def models_to_compare(base: Path, export_dir: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Name -> (path, medlora.load options), in table order, from an export directory."""
     from medlora import QuantizationConfig
 
     quant = QuantizationConfig()  # the trainer's default, as in train()
-    models: dict[str, tuple[Any, dict[str, Any]]] = {
+    models: dict[str, tuple[Path, dict[str, Any]]] = {
         "base": (base, {}),
-        "adapter (4-bit base + LoRA)": (exported.adapter_dir, {"quantization": quant}),
-        "merged": (exported.merged_dir, {}),
+        "adapter (4-bit base + LoRA)": (export_dir / "adapter", {"quantization": quant}),
+        "merged": (export_dir / "merged", {}),
     }
-    for qtype, path in exported.gguf_files.items():
-        models[f"GGUF {qtype}"] = (path, {})
+    for path in sorted((export_dir / "gguf").glob("*.gguf")):
+        models[f"GGUF {path.stem.rsplit('-', 1)[-1]}"] = (path, {})
     return models
+
+
+def _train_and_export(
+    args: argparse.Namespace, base: Path, data: Data, s: Settings, out: Path, clock: Clock
+) -> list[str]:
+    """Train into ``out/run`` and export into ``out/export``; with ``--resume``, a finished
+    run or export already there (both are written atomically) is kept. Returns what was kept."""
+    kept = []
+    if args.resume and (out / "run" / "adapter" / "adapter_config.json").is_file():
+        kept.append("train")
+    else:
+        with clock.phase("train"):
+            train(base, data, s, out)
+    if args.resume and (out / "export" / "medlora.json").is_file():
+        kept.append("export")
+    else:
+        with clock.phase("export"):
+            export(out / "run", data, s, out, gguf=not args.skip_gguf)
+    return kept
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "medlora.json").read_text())["metrics"]
+    losses = [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    keys = ("steps", "train_tokens", "seconds", "final_train_loss")
+    return {**{k: metrics[k] for k in keys}, "first_loss": losses[0], "losses": losses}
 
 
 def evaluate_all(
@@ -476,12 +504,9 @@ def _pipeline(
     with clock.phase("data"):
         data = build_data(data_dir, AutoTokenizer.from_pretrained(base), s)
     print(f"data: {data.counts}", flush=True)
-    with clock.phase("train"):
-        result = train(base, data, s, out)
-    with clock.phase("export"):
-        exported = export(result, s, out, gguf=not args.skip_gguf)
+    kept = _train_and_export(args, base, data, s, out, clock)
     replies: list[dict[str, Any]] = []
-    models = models_to_compare(base, result, exported)
+    models = models_to_compare(base, out / "export")
     rows = evaluate_all(models, data, s, clock, args.threads, replies)
     (out / "replies.json").write_text(json.dumps(replies, indent=1) + "\n")
     report = {
@@ -491,13 +516,11 @@ def _pipeline(
         "data_dir": str(data_dir),
         "counts": data.counts,
         "refusal_detector": data.detector,
-        "training": {
-            "steps": result.steps,
-            "train_tokens": result.train_tokens,
-            "first_loss": result.train_losses[0],
-            "last_loss": result.train_losses[-1],
-        },
-        "merge_strategy": exported.merge_strategy,
+        "kept_from_an_earlier_run": kept,
+        "training": _training_summary(out / "run"),
+        "merge_strategy": json.loads((out / "export" / "medlora.json").read_text())[
+            "merge_strategy"
+        ],
         "rows": rows,
         "machine": _machine(),
     }
@@ -520,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--skip-gguf", action="store_true", help="no GGUF export or row")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep a finished run/ and export/ already in --out"
+    )
     return run(parser.parse_args(argv))
 
 

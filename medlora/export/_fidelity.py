@@ -142,7 +142,11 @@ def run_text(
     or the file changed since: the training fingerprint differs), the embedded synthetic
     records stand in, with a warning; pass ``held_out``/``calibration`` to choose.
     """
-    max_seq_len, train, held, origin = _run_splits(info)
+    held: ClinicalDataset | None
+    if held_out is not None and calibration is not None:  # nothing of the run's is needed
+        max_seq_len, train, held, origin = _max_seq_len(info), calibration, held_out, "given"
+    else:
+        max_seq_len, train, held, origin = _run_splits(info)
     if held_out is not None:
         held, held_name = held_out, "held-out records (given to the exporter)"
     elif held is not None and len(held):
@@ -190,5 +194,8 @@ def _run_splits(
         stacklevel=4,
     )
     train, held = ClinicalDataset.default().split(test_size=0.1, seed=0)
-    max_seq_len = int(info.get("config", {}).get("max_seq_len", 1024))
-    return max_seq_len, train, held, "embedded synthetic"
+    return _max_seq_len(info), train, held, "embedded synthetic"
+
+
+def _max_seq_len(info: Mapping[str, Any]) -> int:
+    return int(info.get("config", {}).get("max_seq_len", 1024))

@@ -88,8 +88,15 @@ def open_gguf(
     n_threads: int | None = None,
     **kwargs: Any,
 ) -> Any:
-    """A ``llama_cpp.Llama`` for ``path``; quiet, CPU-safe, with the file's own chat template."""
+    """A ``llama_cpp.Llama`` for ``path``; quiet, CPU-safe, with the file's own chat template.
+
+    ``n_threads`` also sets the prompt-processing threads (``n_threads_batch``, else one per
+    CPU): on a busy machine a second thread that waits for a core made evaluating a 105-token
+    prompt 7x slower (2.1 -> 15.6 s, 1 vs 2 batch threads, SmolLM2 Q4_K_M, 2 loaded cores).
+    """
     llama_cpp = require("llama_cpp", "Running GGUF models")
+    if n_threads is not None:
+        kwargs.setdefault("n_threads_batch", n_threads)
     import llama_cpp.llama as llama_module
 
     with _no_extra_buffer_types(llama_module), captured_stderr() as log:

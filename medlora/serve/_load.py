@@ -358,19 +358,55 @@ class GGUFModel(_Scoring):
         )
         return strip_leading_bos(text, bos) if self._adds_bos() else text
 
-    def _log_softmax(self, ids: Sequence[int]) -> Any:
+    def _scores(self, start: int, stop: int) -> Any:
+        """Log-softmax of llama.cpp's logits at positions ``start:stop`` of the last eval."""
         import numpy as np
 
+        logits = np.array(self.llm.scores[start:stop], dtype=np.float64)  # (seq, vocab)
+        logits -= logits.max(-1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+    def _require_logits_all(self) -> None:
         if not getattr(self.llm, "_logits_all", True):
             raise ModelLoadError(
                 f"{self.path} was loaded without logits_all; load it with "
                 "medlora.load(path, logits_all=True) to score text"
             )
+
+    def _log_softmax(self, ids: Sequence[int]) -> Any:
+        self._require_logits_all()
         self.llm.reset()
         self.llm.eval(list(ids))
-        logits = np.array(self.llm.scores[: len(ids)], dtype=np.float64)  # (seq, vocab)
-        logits -= logits.max(-1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return self._scores(0, len(ids))
+
+    def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[Loglikelihood]:
+        """:meth:`loglikelihood` of each continuation after one shared ``context``: llama.cpp
+        evaluates the context once and keeps its KV cache for every continuation (the prefix
+        reuse llama-cpp-python's own generation does), falling back to one by one when a
+        continuation's tokens do not extend the context's."""
+        import numpy as np
+
+        ctx = self.tokenize(context)
+        wholes = [self.tokenize(context + c) for c in continuations]
+        if len(ctx) < 2 or any(len(w) <= len(ctx) or w[: len(ctx)] != ctx for w in wholes):
+            return super().loglikelihoods(context, continuations)
+        self._require_logits_all()
+        self.llm.reset()
+        self.llm.eval(ctx[:-1])
+        results = []
+        for whole in wholes:
+            self.llm.n_tokens = len(ctx) - 1  # forget the previous continuation, keep the context
+            self.llm.eval(whole[len(ctx) - 1 :])
+            rows = self._scores(len(ctx) - 1, len(whole) - 1)  # (continuation, vocab)
+            target = np.array(whole[len(ctx) :])
+            results.append(
+                Loglikelihood(
+                    logprob=float(rows[np.arange(len(target)), target].sum()),
+                    n_tokens=len(target),
+                    greedy=bool((rows.argmax(-1) == target).all()),
+                )
+            )
+        return results
 
     def _stream(self, chunks: Iterator[Any], key: str) -> Iterator[str]:
         for chunk in chunks:

@@ -194,3 +194,28 @@ def test_a_broken_gguf_fails_the_default_gates(
             assert "perplexity ratio" in problems[0] and "reply KL" in problems[1]
         else:
             assert abs(agreement.ppl_ratio - 1) < 1e-4 and agreement.reply_kl < 1e-5, agreement
+
+
+def test_run_text_warns_only_when_it_must_stand_in(tiny_model_dir: Path) -> None:
+    """A run trained on in-memory records cannot be rebuilt: the embedded records stand in with
+    a warning, unless both held-out and calibration records are given (then nothing of the
+    run's is needed and nothing is said)."""
+    import warnings
+
+    from transformers import AutoTokenizer
+
+    from medlora import ClinicalDataset
+    from medlora.export._fidelity import run_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    info = {"config": {"model": str(tiny_model_dir), "max_seq_len": 128}, "data_fingerprint": "x"}
+    train, held = ClinicalDataset.default().split(test_size=0.1, seed=0)
+    sizes = {"max_positions": 64, "max_calibration_tokens": 256}
+    with pytest.warns(UserWarning, match="embedded synthetic records instead"):
+        text = run_text(info, tokenizer, held_out=held, calibration=None, **sizes)
+    assert text.calibration_source == "embedded synthetic training records"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = run_text(info, tokenizer, held_out=held, calibration=train, **sizes)
+    assert text.fidelity.source == "held-out records (given to the exporter)"
+    assert text.calibration_source == "calibration records (given to the exporter)"

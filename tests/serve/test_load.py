@@ -34,6 +34,21 @@ def test_shared_context_scores_equal_one_by_one(tiny_model_dir: Path) -> None:
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 
+def test_gguf_shared_context_scores_equal_one_by_one(exported: Any) -> None:
+    with load(exported.gguf_files["Q8_0"], n_threads=1) as model:
+        context = model.render(QUESTION, generation_prompt=True)
+        fast = model.loglikelihoods(context, OPTIONS)
+        slow = [model.loglikelihood(context, option) for option in OPTIONS]
+        # replies come from the rendered prompt (training's ids), not the chat handler
+        prompts = [model.render(c, generation_prompt=True) for c in CONVERSATIONS[:2]]
+        assert model.chat_many(CONVERSATIONS[:2], max_new_tokens=6) == [
+            model.generate(p, max_new_tokens=6) for p in prompts
+        ]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.n_tokens == b.n_tokens and a.greedy == b.greedy
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+
+
 def test_batched_replies_equal_one_by_one(tiny_model_dir: Path) -> None:
     with load(tiny_model_dir) as model:
         batched = model.chat_many(CONVERSATIONS, max_new_tokens=12, batch_size=2)
