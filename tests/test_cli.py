@@ -16,9 +16,10 @@ def test_quickstart_runs_the_whole_chain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "qs"
-    assert main(
-        ["quickstart", "--tiny", "--out", str(out), "--steps", "12", "--pretrain-steps", "30"]
-    ) == 0
+    assert (
+        main(["quickstart", "--tiny", "--out", str(out), "--steps", "12", "--pretrain-steps", "30"])
+        == 0
+    )
     report = capsys.readouterr().out
     assert "training loss" in report and "held-out loss" in report
     assert "GGUF answer" in report

@@ -1,5 +1,6 @@
 """Records in, training examples out: loading, validation, templating, tokenization."""
 
+from medlora.data._chat import reply_end_token, stop_token_ids, stop_tokens
 from medlora.data._collate import collate
 from medlora.data._dataset import ClinicalDataset
 from medlora.data._hygiene import DataCard
@@ -35,6 +36,9 @@ __all__ = [
     "pack_examples",
     "redact_text",
     "render",
+    "reply_end_token",
+    "stop_token_ids",
+    "stop_tokens",
     "tokenize_batch",
     "tokenize_messages",
 ]

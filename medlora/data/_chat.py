@@ -130,6 +130,21 @@ class ChatFormat:
                 return text, spans
         return text, self._prefix_spans(messages, text)
 
+    def reply_end(self) -> str | None:
+        """The special token the template writes right after a reply (``</s>``,
+        ``<|im_end|>``, ``<|eot_id|>``): the token that ends the model's turn, so generation
+        must stop on it. ``None`` when the template writes none (the model cannot learn to
+        stop) or cannot render a user-assistant exchange."""
+        marker = _placeholder(1)
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+        try:
+            text = self.render(probe)
+        except Exception:  # a template may demand a system turn or other roles
+            return None
+        after = text.partition(marker)[2]
+        end = self._turn_end(after)
+        return next((t for t in self.specials if after[:end].endswith(t)), None) if end else None
+
     def _zephyr_layout(self, messages: Messages) -> tuple[str, list[Span]]:
         """The default template's text and spans in pure Python (identical to its Jinja)."""
         eos = self.tokenizer.eos_token or ""
@@ -270,3 +285,25 @@ def chat_format(tokenizer: Any) -> ChatFormat:
     with contextlib.suppress(TypeError):
         _FORMATS[tokenizer] = fmt
     return fmt
+
+
+def reply_end_token(tokenizer: Any) -> str | None:
+    """The special token ``tokenizer``'s chat template writes right after an assistant reply
+    (``</s>``, ``<|im_end|>``, ``<|eot_id|>``), which training teaches the model to emit; ``None``
+    when the template writes none."""
+    return chat_format(tokenizer).reply_end()
+
+
+def stop_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """Texts of the tokens generation stops on: EOS and the token the chat template ends a
+    reply with, when that is another one (Llama-3's ``<|eot_id|>``), in that order."""
+    eos = getattr(tokenizer, "eos_token", None)
+    end = reply_end_token(tokenizer)
+    return tuple(dict.fromkeys(t for t in (eos, end) if t))
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of :func:`stop_tokens` (for ``generate``'s and ``generation_config``'s
+    ``eos_token_id``)."""
+    ids = tokenizer.convert_tokens_to_ids(list(stop_tokens(tokenizer)))
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +173,11 @@ def _data_card(card: Any) -> list[str]:
     return lines
 
 
-def ollama_modelfile(gguf_name: str, chat_template: str | None = None) -> str:
-    """An Ollama Modelfile for ``gguf_name``, stopping at ``</s>``.
+def ollama_modelfile(
+    gguf_name: str, chat_template: str | None = None, stops: Sequence[str] = ("</s>",)
+) -> str:
+    """An Ollama Modelfile for ``gguf_name``, stopping at each of ``stops`` (the model's EOS
+    and the token its template ends a reply with: :func:`medlora.data.stop_tokens`).
 
     For medlora's default (Zephyr) chat template the Go ``TEMPLATE`` is written out. Any other
     template cannot be translated from Jinja reliably, so ``TEMPLATE`` is left out and Ollama
@@ -198,19 +201,21 @@ def ollama_modelfile(gguf_name: str, chat_template: str | None = None) -> str:
             "# No TEMPLATE: the training chat template is not medlora's Zephyr default, and",
             "# Ollama reads the Jinja template stored in the GGUF (tokenizer.chat_template).",
         ]
-    lines.append('PARAMETER stop "</s>"')
-    if zephyr:
-        lines.append('PARAMETER stop "<|user|>"')
+    for stop in dict.fromkeys([*stops, *(["<|user|>"] if zephyr else [])]):
+        lines.append(f"PARAMETER stop {json.dumps(stop)}")
     return "\n".join([*lines, "PARAMETER temperature 0.2", ""])
 
 
-def write_modelfiles(dst: Path, gguf_files: dict[str, Path], chat_template: str) -> None:
+def write_modelfiles(
+    dst: Path, gguf_files: dict[str, Path], chat_template: str, stops: Sequence[str]
+) -> None:
     """``Modelfile`` (Q4_K_M when written, else the first type) and one ``NAME-TYPE.Modelfile``
     beside each GGUF in ``dst``, for ``ollama create -f``."""
     default = gguf_files.get("Q4_K_M", next(iter(gguf_files.values())))
-    (dst / "Modelfile").write_text(ollama_modelfile(default.name, chat_template))
+    (dst / "Modelfile").write_text(ollama_modelfile(default.name, chat_template, stops))
     for path in gguf_files.values():
-        (dst / f"{path.stem}.Modelfile").write_text(ollama_modelfile(path.name, chat_template))
+        text = ollama_modelfile(path.name, chat_template, stops)
+        (dst / f"{path.stem}.Modelfile").write_text(text)
 
 
 def with_evaluation(card: str, table: str) -> str:

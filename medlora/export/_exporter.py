@@ -23,7 +23,7 @@ from medlora._io import (
 )
 from medlora._template import chat_template_of
 from medlora._versions import library_versions
-from medlora.data import ClinicalDataset
+from medlora.data import ClinicalDataset, stop_token_ids, stop_tokens
 from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
 from medlora.export._fidelity import RunText, run_text
@@ -213,7 +213,8 @@ class AdapterExporter:
                     parity=parity,
                     agreements=agreements,
                 )
-                write_modelfiles(tmp / "gguf", gguf_files, chat_template_of(tokenizer))
+                stops = stop_tokens(tokenizer)
+                write_modelfiles(tmp / "gguf", gguf_files, chat_template_of(tokenizer), stops)
                 if "merged" not in cfg.formats:
                     shutil.rmtree(tmp / "merged")
                     merged_dir = None
@@ -362,9 +363,10 @@ class AdapterExporter:
             base, adapter, dst, strategy=strategy, quant=quant, dtype=self.config.merged_dtype
         )
         copy_tokenizer_files(base, dst, tokenizer)
+        stops = stop_token_ids(tokenizer)  # EOS, and a reply's end token when it differs
         GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops[0] if len(stops) == 1 else stops,
             pad_token_id=tokenizer.pad_token_id,
             max_new_tokens=256,
         ).save_pretrained(dst)

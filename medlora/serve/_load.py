@@ -188,12 +188,16 @@ class HFModel(_Scoring):
     ) -> list[str]:
         """Greedy replies to several conversations, ``batch_size`` at a time (left-padded):
         on a CPU one decoding step costs about the same for eight rows as for one, since it
-        is bound by reading the weights. Each reply stops at EOS, as :meth:`chat` does."""
+        is bound by reading the weights. Each reply stops at EOS or the template's end of a
+        reply (:func:`medlora.data.stop_tokens`), as :meth:`chat` does."""
         import torch
+
+        from medlora.data import stop_token_ids
 
         prompts = [self.tokenize(self.render(m, generation_prompt=True)) for m in conversations]
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
+        stops = stop_token_ids(self.tokenizer)
         replies: list[str] = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
@@ -206,12 +210,11 @@ class HFModel(_Scoring):
                     attention_mask=mask.to(self._device()),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    eos_token_id=self.tokenizer.eos_token_id,
+                    eos_token_id=stops,
                     pad_token_id=pad,
                 )
             for prompt, row in zip(chunk, out[:, width:].tolist(), strict=True):
-                eos = self.tokenizer.eos_token_id
-                new = row[: row.index(eos)] if eos in row else row
+                new = row[: min((row.index(s) for s in stops if s in row), default=len(row))]
                 # decode with the prompt so SentencePiece keeps the first token's space
                 prefix = self.tokenizer.decode(prompt, skip_special_tokens=True)
                 text = self.tokenizer.decode(prompt + new, skip_special_tokens=True)
@@ -231,7 +234,9 @@ class HFModel(_Scoring):
     ) -> Iterator[str]:
         import torch
 
-        eos = {self.tokenizer.eos_token_id}
+        from medlora.data import stop_token_ids
+
+        eos = set(stop_token_ids(self.tokenizer))
         generated: list[int] = []
         gen = torch.Generator().manual_seed(seed)
         x = torch.tensor([ids], device=self._device())

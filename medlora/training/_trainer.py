@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from medlora.data import (
     TokenizedExample,
     collate,
     collate_packed,
+    reply_end_token,
 )
 from medlora.training import _checkpoint as ckpt
 from medlora.training._batches import ExampleOrder, StepLoader, to_device, with_varlen_kwargs
@@ -148,6 +150,14 @@ class QLoRATrainer:
         base = resolve_model(cfg.model)
         check_supported(base)  # before the tokenizer or any weights load
         self.tokenizer = load_tokenizer(base)
+        if reply_end_token(self.tokenizer) is None:
+            warnings.warn(
+                f"the chat template of {cfg.model} writes no special token after an assistant "
+                "reply, so the model cannot learn where a reply ends and generation will not "
+                "stop by itself; give the tokenizer a template that ends each reply with EOS "
+                "(or another special token)",
+                stacklevel=2,
+            )
         torch.manual_seed(cfg.seed)
         dev = torch.device(
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")

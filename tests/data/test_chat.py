@@ -324,3 +324,27 @@ def test_a_template_that_drops_replies_names_the_record(tiny_tokenizer: Any) -> 
         ClinicalDataset.from_records(records).prepare(tok, max_seq_len=256)
     assert [(p.record_index, p.field) for p in info.value.problems] == [(1, "messages")]
     assert isinstance(info.value, ValueError)
+
+
+def test_generation_stops_on_eos_and_on_the_token_that_ends_a_reply(case: Any) -> None:
+    """What training supervises as a reply's end is what generation (generation_config,
+    Modelfile, ``medlora.load``) stops on; EOS stays first."""
+    from medlora.data import stop_token_ids, stop_tokens
+
+    tok, _, reply = case
+    end = reply("", tok).strip()
+    stops = stop_tokens(tok)
+    assert stops[0] == tok.eos_token
+    assert set(stops) == {tok.eos_token, end}
+    assert stop_token_ids(tok) == list(dict.fromkeys(tok.convert_tokens_to_ids(list(stops))))
+
+
+def test_a_template_that_ends_replies_with_no_special_token_has_no_reply_end(
+    tiny_tokenizer: Any,
+) -> None:
+    from medlora.data import reply_end_token, stop_tokens
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    assert reply_end_token(tok) is None
+    assert stop_tokens(tok) == (tok.eos_token,)

@@ -33,3 +33,8 @@ def test_modelfile_writes_the_zephyr_template_and_leaves_others_to_ollama() -> N
     other = ollama_modelfile("m.gguf", llama2)
     assert "TEMPLATE" not in other.replace("# No TEMPLATE", "")
     assert other.startswith("FROM ./m.gguf\n") and 'PARAMETER stop "</s>"' in other
+    # It stops on what the template ends a reply with (medlora.data.stop_tokens), not on </s>.
+    chatml = ollama_modelfile("m.gguf", llama2, stops=("<|im_end|>",))
+    assert 'PARAMETER stop "<|im_end|>"' in chatml and "</s>" not in chatml
+    llama3 = ollama_modelfile("m.gguf", llama2, stops=("<|end_of_text|>", "<|eot_id|>"))
+    assert 'PARAMETER stop "<|end_of_text|>"\nPARAMETER stop "<|eot_id|>"' in llama3

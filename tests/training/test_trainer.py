@@ -27,6 +27,26 @@ def test_base_is_really_4bit_nf4_during_training(tiny_model_dir: Path, tmp_path:
     assert trainable and all("lora_" in n for n in trainable)
 
 
+def test_a_template_without_a_reply_end_token_warns_before_training(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A model whose template writes nothing special after a reply could never learn to stop."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config_path = model / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["chat_template"] = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
+    config_path.write_text(json.dumps(tokenizer_config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    trainer = QLoRATrainer(TrainingConfig(model=str(model), output_dir=tmp_path / "run"))
+    with pytest.warns(UserWarning, match="writes no special token after an assistant reply"):
+        trainer.setup()
+
+
 def test_seeded_run_lowers_the_loss(trained_run: Any) -> None:
     losses = trained_run.train_losses
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
