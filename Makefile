@@ -28,4 +28,4 @@ test: venv
 	$(BIN)/ruff check medlora tests examples benchmarks
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict -d site
-	$(BIN)/python -m pytest -q --run-slow
+	$(BIN)/python -m pytest -q --run-slow --durations=25
