@@ -16,9 +16,10 @@ def test_quickstart_runs_the_whole_chain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "qs"
-    assert main(
-        ["quickstart", "--tiny", "--out", str(out), "--steps", "12", "--pretrain-steps", "30"]
-    ) == 0
+    assert (
+        main(["quickstart", "--tiny", "--out", str(out), "--steps", "12", "--pretrain-steps", "30"])
+        == 0
+    )
     report = capsys.readouterr().out
     assert "training loss" in report and "held-out loss" in report
     assert "GGUF answer" in report
@@ -95,3 +96,29 @@ def test_cli_sets_expandable_segments_unless_the_user_chose(
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:native")
     main(["train", str(config)])
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_data_check_and_report_show_the_card_without_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.jsonl"
+    rows = [{"question": f"Dose of drug {i}?", "answer": f"{i} mg", "pid": i % 3} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["data", "check", str(path), "--group-by", "pid"]) == 0
+    out = capsys.readouterr().out
+    assert "records   6 in 3 groups (qa 6)" in out and "ok: 6 records" in out
+    assert main(["data", "report", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 5)[-1])["records"] == 6
+    path.write_text(path.read_text() + '{"question": "x", "answer": 3}\n', encoding="utf-8")
+    assert main(["data", "check", str(path)]) == 2
+    assert "field 'answer'" in capsys.readouterr().err
+
+
+def test_data_check_of_a_training_config_uses_its_data_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("model: m\noutput_dir: run\ndata:\n  dedup: exact\n  eval: 0.2\n")
+    assert main(["data", "check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 exact" in out and "0.2 of the groups" in out

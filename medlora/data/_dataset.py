@@ -17,6 +17,7 @@ from medlora._errors import DatasetError, DatasetProblem, PHIDetectedError
 from medlora.data._formats import iter_arrow, load_arrow, load_hf, read_json, read_jsonl
 from medlora.data._hygiene import (
     DataCard,
+    DedupReport,
     build_card,
     conversation_text,
     exact_duplicates,
@@ -321,6 +322,25 @@ class ClinicalDataset:
         exact = [tuple(ids[i] for i in g) for g in exact_duplicates(texts)]
         near = [(ids[i], ids[j], s) for i, j, s in near_duplicates(texts, threshold=threshold)]
         return exact, near
+
+    def deduplicate(
+        self, *, near: bool = False, threshold: float = 0.8
+    ) -> tuple[ClinicalDataset, DedupReport]:
+        """Drop exact duplicates (and with ``near`` near duplicates), keeping the first of each
+        in file order; the report names what was removed and what it repeats."""
+        texts = [conversation_text(r.messages) for r in self.records]
+        ids = [r.id for r in self.records]
+        drop: dict[int, tuple[int, float]] = {}
+        for group in exact_duplicates(texts):
+            drop.update((i, (group[0], 1.0)) for i in group[1:])
+        if near:
+            for i, j, score in near_duplicates(texts, threshold=threshold):
+                if i not in drop and j not in drop:
+                    drop[j] = (i, score)
+        kept = tuple(r for i, r in enumerate(self.records) if i not in drop)
+        removed = tuple((ids[j], ids[i], s) for j, (i, s) in sorted(drop.items()))
+        report = DedupReport(mode="near" if near else "exact", removed=removed)
+        return attrs.evolve(self, records=kept), report
 
     def contamination(
         self, other: ClinicalDataset, *, threshold: float = 0.8
