@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="compare base, adapter, merged and GGUF models")
     evaluate.add_argument("export_dir", help="an export directory (medlora export)")
     evaluate.add_argument("--out", help="output directory (default EXPORT_DIR/eval)")
-    evaluate.add_argument("--data", help="JSONL of held-out records (default: the run's split)")
+    evaluate.add_argument(
+        "--data", help="records file to evaluate on (default: exactly the run's held-out records)"
+    )
     evaluate.add_argument(
         "--tasks",
         nargs="+",

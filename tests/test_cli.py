@@ -37,9 +37,12 @@ def test_train_then_export_from_a_yaml_config(
         "max_seq_len: 256\nlora:\n  rank: 4\n  alpha: 8\n"
     )
     assert main(["train", str(config)]) == 0
-    assert "held-out loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out loss" in printed and "held out  " in printed  # the data report came first
+    assert printed.index("records ") < printed.index("held-out loss")
     meta = json.loads((tmp_path / "run/medlora.json").read_text())
     assert meta["config"]["lora"]["rank"] == 4
+    assert meta["held_out"]["recipe"] == "fraction" and len(meta["held_out"]["fingerprint"]) == 64
     assert main(["export", str(tmp_path / "run"), "--gguf", "F16"]) == 0
     summary = capsys.readouterr().out
     assert "gguf F16" in summary and "ppl x1.00" in summary
