@@ -43,6 +43,8 @@ def test_train_then_export_from_a_yaml_config(
     meta = json.loads((tmp_path / "run/medlora.json").read_text())
     assert meta["config"]["lora"]["rank"] == 4
     assert meta["held_out"]["recipe"] == "fraction" and len(meta["held_out"]["fingerprint"]) == 64
+    card = meta["data_card"]
+    assert card["records"] == meta["train_records"] and sum(card["token_lengths"].values()) > 0
     assert main(["export", str(tmp_path / "run"), "--gguf", "F16"]) == 0
     summary = capsys.readouterr().out
     assert "gguf F16" in summary and "ppl x1.00" in summary

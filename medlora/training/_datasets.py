@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -54,6 +54,45 @@ class RunData:
     loaded: LoadedData | None = None
     """The loaded data section (PHI findings, duplicates removed); ``None`` for datasets
     given in Python."""
+    contamination: tuple[tuple[str, str, float], ...] = ()
+    """``(training id, held-out id, jaccard)`` of held-out records whose prompt (nearly)
+    repeats a training prompt (``ClinicalDataset.contamination``)."""
+
+    @classmethod
+    def of(
+        cls,
+        train: ClinicalDataset,
+        held_out: ClinicalDataset | None,
+        split: HeldOutSplit,
+        loaded: LoadedData | None = None,
+    ) -> RunData:
+        """Bundle the parts and check held-out records against the training ones."""
+        leaks = train.contamination(held_out) if held_out is not None and len(held_out) else []
+        return cls(
+            train=train,
+            held_out=held_out,
+            split=split,
+            loaded=loaded,
+            contamination=tuple(leaks),
+        )
+
+    def card(self, token_lengths: Sequence[int] = ()) -> dict[str, Any]:
+        """The run's data card for ``medlora.json`` and the model card: counts per kind,
+        lengths (characters; tokens when given), duplicates, contamination and PHI findings
+        by kind, never the text."""
+        card: dict[str, Any] = attrs.asdict(self.train.describe())
+        if token_lengths:
+            card["token_lengths"] = length_histogram(token_lengths)
+        if self.loaded is not None and self.loaded.dedup is not None:
+            card["duplicates_removed"] = {
+                "exact": self.loaded.dedup.exact,
+                "near": self.loaded.dedup.near,
+            }
+        phi = self.loaded.phi if self.loaded is not None else None
+        card["phi"] = "not checked" if phi is None else dict(phi.counts)
+        card["held_out_records"] = self.split.records
+        card["contamination"] = len({held for _, held, _ in self.contamination})
+        return card
 
     def report(self) -> str:
         """The one-screen data report ``medlora train`` prints before any model loads."""
@@ -67,12 +106,18 @@ class RunData:
             held = "none (validation_fraction 0): no held-out loss"
         else:
             how = {
-                "fraction": f"{split.fraction:g} of the groups, seed {split.seed}",
+                "fraction": f"{split.fraction} of the groups, seed {split.seed}",
                 "file": "the data.eval file",
                 "given": "eval_dataset given in Python",
             }[split.recipe]
             held = f"{split.records} records ({how})"
         lines += [f"  train     {len(self.train)} records", f"  held out  {held}"]
+        if self.contamination:
+            leaked = len({h for _, h, _ in self.contamination})
+            lines.append(
+                f"  leakage   {leaked} held-out records repeat a training prompt (Jaccard >= "
+                "0.8): their scores overstate the model; deduplicate or group by patient"
+            )
         return "\n".join(lines)
 
 
@@ -126,11 +171,21 @@ def run_data(config: TrainingConfig) -> RunData:
     train, held = loaded.records, loaded.eval_records
     if held is None:
         (train, held), recipe = split_records(loaded.records, config), "fraction"
-    split = describe_split(held, recipe, config)
-    return RunData(train=train, held_out=held, split=split, loaded=loaded)
+    return RunData.of(train, held, describe_split(held, recipe, config), loaded)
 
 
 def run_datasets(config: TrainingConfig) -> tuple[ClinicalDataset, ClinicalDataset | None]:
     """Training and held-out records of a run made with ``config`` and no explicit datasets."""
     data = run_data(config)
     return data.train, data.held_out
+
+
+def length_histogram(lengths: Sequence[int]) -> dict[str, int]:
+    """Counts of lengths in power-of-two buckets: ``{"<=64": 3, "<=128": 10, ...}``."""
+    out: dict[str, int] = {}
+    for length in sorted(lengths):
+        bound = 64
+        while bound < length:
+            bound *= 2
+        out[f"<={bound}"] = out.get(f"<={bound}", 0) + 1
+    return out

@@ -100,6 +100,7 @@ class QLoRATrainer:
     objective: Any = attrs.field(default=None, init=False, repr=False)
     """The model and its loss as one module (sharded in place under FSDP)."""
     _data: RunData | None = attrs.field(default=None, init=False, repr=False)
+    _token_lengths: list[int] = attrs.field(factory=list, init=False, repr=False)
 
     def check_data(self) -> RunData:
         """Load, validate and split the records, before any model loads (kept for
@@ -121,8 +122,7 @@ class QLoRATrainer:
         held = self.eval_dataset
         if held is None:
             train, held = split_records(train, cfg)
-        split = describe_split(held, "given", cfg)
-        self._data = RunData(train=train, held_out=held, split=split, loaded=loaded)
+        self._data = RunData.of(train, held, describe_split(held, "given", cfg), loaded)
         return self._data
 
     def _prepare(self, dataset: ClinicalDataset, run_dir: Path, *, pack: bool) -> PreparedData:
@@ -146,6 +146,7 @@ class QLoRATrainer:
         """Training items (examples, or packed rows of them) and the function batching them."""
         cfg, pad_id = self.config, self.tokenizer.pad_token_id
         prepared = self._prepare(dataset, run_dir, pack=cfg.packing)
+        self._token_lengths = [len(e) for e in prepared.examples]
         if not cfg.packing:
 
             def padded(chunk: list[Any]) -> dict[str, Any]:
@@ -676,6 +677,7 @@ class QLoRATrainer:
             record = run_record(result, cfg.to_dict(), train_set, eval_set, source, adapter_step)
             if self._data is not None:
                 record["held_out"] = self._data.split.to_dict()
+                record["data_card"] = self._data.card(self._token_lengths)
             record["world_size"] = acc.num_processes
             record["runtime"] = dict(self.runtime)
             write_json(run_dir / "medlora.json", record)
