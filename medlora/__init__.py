@@ -14,7 +14,7 @@ from medlora._errors import (
     PHIDetectedError,
     TrainingError,
 )
-from medlora.data import ClinicalDataset, ClinicalRecord
+from medlora.data import ClinicalDataset, ClinicalRecord, DataConfig
 from medlora.export import AdapterExporter, ExportConfig, ExportResult
 from medlora.serve import load
 from medlora.training import (
@@ -32,6 +32,7 @@ __all__ = [
     "ClinicalDataset",
     "ClinicalRecord",
     "ConfigError",
+    "DataConfig",
     "DatasetError",
     "ExportConfig",
     "ExportError",

@@ -54,7 +54,7 @@ class ConfigError(MedLoraError, ValueError):
 class DatasetProblem:
     """One problem found in one record: where it is and what is wrong."""
 
-    __slots__ = ("field", "message", "path", "record_index")
+    __slots__ = ("field", "location", "message", "path", "record_index")
 
     def __init__(
         self,
@@ -63,17 +63,23 @@ class DatasetProblem:
         path: Path | str | None = None,
         record_index: int | None = None,
         field: str | None = None,
+        location: str | None = None,
     ) -> None:
         self.message = message
         self.path = None if path is None else str(path)
         self.record_index = record_index
         self.field = field
+        self.location = location
+        """Where in the file, as an editor or tool counts: ``line 3`` (JSONL, CSV: 1-based
+        file line), ``index 2`` (JSON array), ``row 5`` (Parquet, datasets), ``record 2``."""
 
     def __str__(self) -> str:
         where = []
         if self.path is not None:
             where.append(self.path)
-        if self.record_index is not None:
+        if self.location is not None:
+            where.append(self.location)
+        elif self.record_index is not None:
             where.append(f"record {self.record_index}")
         if self.field is not None:
             where.append(f"field {self.field!r}")
@@ -88,8 +94,9 @@ class DatasetError(MedLoraError, ValueError):
     """Records cannot be used: every problem found is listed in :attr:`problems`.
 
     Attributes:
-        problems: Each bad record with its file, index (0-based; the line number for JSONL is
-            ``record_index + 1``) and field.
+        problems: Each bad record with its file, ``location`` (``line 3`` of a JSONL or CSV
+            file, ``index 2`` of a JSON array, ``row 5`` of a Parquet file), 0-based
+            ``record_index`` and field.
     """
 
     def __init__(self, problems: Sequence[DatasetProblem] | str, *, hint: str = "") -> None:
@@ -113,6 +120,11 @@ class DatasetError(MedLoraError, ValueError):
     def record_index(self) -> int | None:
         """The record index of the first problem."""
         return self.problems[0].record_index if self.problems else None
+
+    @property
+    def location(self) -> str | None:
+        """The location (``line 3``, ``index 2``, ``row 5``) of the first problem."""
+        return self.problems[0].location if self.problems else None
 
     @property
     def field(self) -> str | None:

@@ -47,11 +47,45 @@ def _train(args: argparse.Namespace) -> int:
     from medlora import QLoRATrainer, TrainingConfig
 
     config = TrainingConfig.from_file(args.config)
-    result = QLoRATrainer(config).train(progress=True, resume=args.resume)
+    trainer = QLoRATrainer(config)
+    print(trainer.check_data().report(), flush=True)  # before any model loads
+    result = trainer.train(progress=True, resume=args.resume)
     if result.resumed_from_step is not None:
         print(f"resumed from step {result.resumed_from_step}")
     print(f"held-out loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f}")
     print(f"adapter: {result.adapter_dir}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from medlora import DataConfig, TrainingConfig
+    from medlora.training._datasets import run_data
+
+    path = Path(args.file)
+    if path.suffix.lower() in (".yaml", ".yml", ".toml"):  # a training config: its data section
+        data = run_data(TrainingConfig.from_file(path))
+        lines, card = data.report().splitlines(), data.train.describe()
+    else:
+        pairs = [item.partition("=") for item in args.field_map or ()]
+        config = DataConfig(
+            path=str(path),
+            format=args.format,
+            kind=args.kind,
+            field_map={a: b for a, _, b in pairs} or None,
+            group_by=args.group_by,
+            answer_index_base=args.answer_index_base,
+            on_error=args.on_error,
+            phi=args.phi,
+            dedup=args.dedup,
+        )
+        loaded = config.load()
+        card = loaded.card()
+        lines = loaded.summary(card)
+    print("\n".join(lines))
+    if args.action == "report":
+        print(card.to_json() if args.json else card.to_markdown())
+    else:
+        print(f"ok: {card.records} records pass every check")
     return 0
 
 
@@ -181,6 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from step 0 even when output_dir holds checkpoints",
     )
     train.set_defaults(func=_train)
+    data = sub.add_parser("data", help="check records, or show their data card, without training")
+    data.add_argument("action", choices=["check", "report"], help="check: validate; report: card")
+    data.add_argument(
+        "file",
+        help="records file (.jsonl .json .csv .parquet, a save_to_disk "
+        "directory) or a training config whose data section to use",
+    )
+    data.add_argument("--format", default="auto", help="jsonl, json, csv, parquet or hf")
+    data.add_argument("--kind", help="force one record kind")
+    data.add_argument("--field-map", nargs="+", metavar="THEIRS=OURS", help="rename columns")
+    data.add_argument("--group-by", help="patient/encounter id field")
+    data.add_argument("--answer-index-base", type=int, default=0, choices=[0, 1])
+    data.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    data.add_argument("--phi", default="report", choices=["off", "report", "redact", "fail"])
+    data.add_argument("--dedup", default="off", choices=["off", "exact", "near"])
+    data.add_argument("--json", action="store_true", help="report: the card as JSON")
+    data.set_defaults(func=_data)
     export = sub.add_parser("export", help="export a training run (adapter, merged, GGUF)")
     export.add_argument("run_dir", help="output_dir of a finished training run")
     export.add_argument("--out", help="export directory (default RUN_DIR/export)")
@@ -203,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="compare base, adapter, merged and GGUF models")
     evaluate.add_argument("export_dir", help="an export directory (medlora export)")
     evaluate.add_argument("--out", help="output directory (default EXPORT_DIR/eval)")
-    evaluate.add_argument("--data", help="JSONL of held-out records (default: the run's split)")
+    evaluate.add_argument(
+        "--data", help="records file to evaluate on (default: exactly the run's held-out records)"
+    )
     evaluate.add_argument(
         "--tasks",
         nargs="+",

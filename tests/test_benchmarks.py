@@ -100,3 +100,10 @@ def test_gguf_fidelity_smoke() -> None:
     assert header in out
     for row in ("| F16 |  |", "| Q4_K_M | no |", "| Q4_K_M | yes |"):
         assert row in out, out
+
+
+def test_mc_scoring_smoke() -> None:
+    """Batched multiple-choice scoring agrees with one forward per option (a few seconds)."""
+    report = _script("mc_scoring").main(["--smoke"])
+    assert report["questions"] == 8 and report["options"] >= 32
+    assert report["max_abs_diff_batched"] < 1e-4

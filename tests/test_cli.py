@@ -37,9 +37,14 @@ def test_train_then_export_from_a_yaml_config(
         "max_seq_len: 256\nlora:\n  rank: 4\n  alpha: 8\n"
     )
     assert main(["train", str(config)]) == 0
-    assert "held-out loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out loss" in printed and "held out  " in printed  # the data report came first
+    assert printed.index("records ") < printed.index("held-out loss")
     meta = json.loads((tmp_path / "run/medlora.json").read_text())
     assert meta["config"]["lora"]["rank"] == 4
+    assert meta["held_out"]["recipe"] == "fraction" and len(meta["held_out"]["fingerprint"]) == 64
+    card = meta["data_card"]
+    assert card["records"] == meta["train_records"] and sum(card["token_lengths"].values()) > 0
     assert main(["export", str(tmp_path / "run"), "--gguf", "F16"]) == 0
     summary = capsys.readouterr().out
     assert "gguf F16" in summary and "ppl x1.00" in summary
@@ -96,3 +101,29 @@ def test_cli_sets_expandable_segments_unless_the_user_chose(
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:native")
     main(["train", str(config)])
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_data_check_and_report_show_the_card_without_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.jsonl"
+    rows = [{"question": f"Dose of drug {i}?", "answer": f"{i} mg", "pid": i % 3} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["data", "check", str(path), "--group-by", "pid"]) == 0
+    out = capsys.readouterr().out
+    assert "records   6 in 3 groups (qa 6)" in out and "ok: 6 records" in out
+    assert main(["data", "report", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 5)[-1])["records"] == 6
+    path.write_text(path.read_text() + '{"question": "x", "answer": 3}\n', encoding="utf-8")
+    assert main(["data", "check", str(path)]) == 2
+    assert "field 'answer'" in capsys.readouterr().err
+
+
+def test_data_check_of_a_training_config_uses_its_data_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("model: m\noutput_dir: run\ndata:\n  dedup: exact\n  eval: 0.2\n")
+    assert main(["data", "check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 exact" in out and "0.2 of the groups" in out

@@ -2,8 +2,9 @@
 
 from medlora.data._chat import reply_end_token, stop_token_ids, stop_tokens
 from medlora.data._collate import collate
+from medlora.data._config import DataConfig, LoadedData
 from medlora.data._dataset import ClinicalDataset
-from medlora.data._hygiene import DataCard
+from medlora.data._hygiene import DataCard, DedupReport
 from medlora.data._pack import PackingReport, collate_packed, pack_examples
 from medlora.data._phi import PHI_KINDS, PHIReport, PHISpan, find_phi, redact_text
 from medlora.data._prepare import PreparedData
@@ -21,9 +22,12 @@ __all__ = [
     "ClinicalDataset",
     "ClinicalRecord",
     "DataCard",
+    "DataConfig",
+    "DedupReport",
     "IGNORE_INDEX",
     "KINDS",
     "LoadReport",
+    "LoadedData",
     "PHIReport",
     "PHISpan",
     "PHI_KINDS",

@@ -14,9 +14,22 @@ from typing import Any, Literal
 import attrs
 
 from medlora._errors import DatasetError, DatasetProblem, PHIDetectedError
-from medlora.data._formats import iter_arrow, load_arrow, load_hf, read_json, read_jsonl
+from medlora.data._formats import (
+    Locate,
+    array_index,
+    csv_lines,
+    in_memory,
+    iter_arrow,
+    jsonl_line,
+    load_arrow,
+    load_hf,
+    read_json,
+    read_jsonl,
+    table_row,
+)
 from medlora.data._hygiene import (
     DataCard,
+    DedupReport,
     build_card,
     conversation_text,
     exact_duplicates,
@@ -90,7 +103,7 @@ class ClinicalDataset:
             on_error=on_error,
             source=source,
         )
-        return cls._build(enumerate(records), [], options)
+        return cls._build(enumerate(records), [], options, in_memory)
 
     @classmethod
     def _build(
@@ -98,8 +111,10 @@ class ClinicalDataset:
         rows: Iterable[tuple[int, Any]],
         read_problems: list[DatasetProblem],
         options: LoadOptions,
+        locate: Locate,
     ) -> ClinicalDataset:
-        """Validate located rows; merge their problems with those found reading the file."""
+        """Validate located rows; merge their problems with those found reading the file, and
+        name each problem's place the way the file counts (``locate``)."""
         problems: list[DatasetProblem] = list(read_problems)
         kept: list[ClinicalRecord] = []
         for index, raw in rows:
@@ -109,6 +124,9 @@ class ClinicalDataset:
             elif record is not None:
                 kept.append(record)
         problems.sort(key=lambda p: -1 if p.record_index is None else p.record_index)
+        for problem in problems:
+            if problem.location is None and problem.record_index is not None:
+                problem.location = locate(problem.record_index)
         if problems and options.on_error != "skip":
             raise DatasetError(problems, hint="Fix these records, or pass on_error='skip'.")
         if not kept:
@@ -117,7 +135,9 @@ class ClinicalDataset:
                 hint="The file is empty or every record was skipped.",
             )
         kinds = Counter(r.kind for r in kept)
-        report = LoadReport(source=options.source, kinds=dict(kinds), skipped=tuple(problems))
+        report = LoadReport(
+            source=options.source, kinds=dict(kinds), skipped=tuple(problems), locate=locate
+        )
         return cls(tuple(kept), report)
 
     @classmethod
@@ -125,23 +145,26 @@ class ClinicalDataset:
         """Load a JSON Lines file, one record per line (blank lines are ignored).
 
         Invalid JSON and non-UTF-8 lines are reported together with the records' own problems,
-        each with its line (``record_index`` is the 0-based line index). Other options as
-        :meth:`from_records`.
+        each at its 1-based ``line N`` (``record_index`` is the 0-based line index). Other
+        options as :meth:`from_records`.
         """
         path = Path(path)
         rows, problems = read_jsonl(path)
-        return cls._build(rows, problems, LoadOptions(**{"source": str(path), **options}))
+        options = {"source": str(path), **options}
+        return cls._build(rows, problems, LoadOptions(**options), jsonl_line)
 
     @classmethod
     def from_json(cls, path: str | Path, **options: Any) -> ClinicalDataset:
         """Load a JSON document: an array of records, ``{"data": [...]}`` (ACI-Bench), or an
         object keyed by id whose values hold ``QUESTION`` (PubMedQA's ``ori_pqal.json``).
 
-        ``record_index`` is the 0-based position in the array. Options as :meth:`from_records`
+        Problems name ``index N``, the 0-based position in the array (also ``record_index``).
+        Options as :meth:`from_records`
         (ACI-Bench: ``field_map={"src": "note", "tgt": "summary"}``).
         """
         path = Path(path)
-        return cls._build(read_json(path), [], LoadOptions(**{"source": str(path), **options}))
+        options = {"source": str(path), **options}
+        return cls._build(read_json(path), [], LoadOptions(**options), array_index)
 
     @classmethod
     def from_csv(
@@ -149,21 +172,25 @@ class ClinicalDataset:
     ) -> ClinicalDataset:
         """Load a CSV file through ``datasets`` (memory-mapped Arrow under ``cache_dir``).
 
-        ``record_index`` is the 0-based data row (file line ``record_index + 2``). Cells of
+        Problems name the 1-based file ``line N`` where the record starts (quoted cells may
+        span lines); ``record_index`` is the 0-based data row. Cells of
         ``messages``/``conversations``/``options``/``contexts`` may hold JSON text.
         """
         path = Path(path)
         table = load_arrow(path, "csv", cache_dir)
-        return cls._build(iter_arrow(table), [], LoadOptions(**{"source": str(path), **options}))
+        options = {"source": str(path), **options}
+        return cls._build(iter_arrow(table), [], LoadOptions(**options), csv_lines(path))
 
     @classmethod
     def from_parquet(
         cls, path: str | Path, *, cache_dir: str | Path | None = None, **options: Any
     ) -> ClinicalDataset:
-        """Load a Parquet file through ``datasets`` (memory-mapped Arrow under ``cache_dir``)."""
+        """Load a Parquet file through ``datasets`` (memory-mapped Arrow under ``cache_dir``);
+        problems name ``row N``, 0-based as in pandas and pyarrow (also ``record_index``)."""
         path = Path(path)
         table = load_arrow(path, "parquet", cache_dir)
-        return cls._build(iter_arrow(table), [], LoadOptions(**{"source": str(path), **options}))
+        options = {"source": str(path), **options}
+        return cls._build(iter_arrow(table), [], LoadOptions(**options), table_row)
 
     @classmethod
     def from_hf(cls, data: Any, *, split: str = "train", **options: Any) -> ClinicalDataset:
@@ -171,7 +198,8 @@ class ClinicalDataset:
         by ``save_to_disk``."""
         table = load_hf(data, split)
         source = str(data) if isinstance(data, (str, Path)) else f"<datasets:{split}>"
-        return cls._build(iter_arrow(table), [], LoadOptions(**{"source": source, **options}))
+        options = {"source": source, **options}
+        return cls._build(iter_arrow(table), [], LoadOptions(**options), table_row)
 
     @classmethod
     def default(cls, **options: Any) -> ClinicalDataset:
@@ -322,6 +350,25 @@ class ClinicalDataset:
         near = [(ids[i], ids[j], s) for i, j, s in near_duplicates(texts, threshold=threshold)]
         return exact, near
 
+    def deduplicate(
+        self, *, near: bool = False, threshold: float = 0.8
+    ) -> tuple[ClinicalDataset, DedupReport]:
+        """Drop exact duplicates (and with ``near`` near duplicates), keeping the first of each
+        in file order; the report names what was removed and what it repeats."""
+        texts = [conversation_text(r.messages) for r in self.records]
+        ids = [r.id for r in self.records]
+        drop: dict[int, tuple[int, float]] = {}
+        for group in exact_duplicates(texts):
+            drop.update((i, (group[0], 1.0)) for i in group[1:])
+        if near:
+            for i, j, score in near_duplicates(texts, threshold=threshold):
+                if i not in drop and j not in drop:
+                    drop[j] = (i, score)
+        kept = tuple(r for i, r in enumerate(self.records) if i not in drop)
+        removed = tuple((ids[j], ids[i], s) for j, (i, s) in sorted(drop.items()))
+        report = DedupReport(mode="near" if near else "exact", removed=removed)
+        return attrs.evolve(self, records=kept), report
+
     def contamination(
         self, other: ClinicalDataset, *, threshold: float = 0.8
     ) -> list[tuple[str, str, float]]:
@@ -362,13 +409,15 @@ class ClinicalDataset:
             [r.messages for r in self.records], redact=mode == "redact", keep_year=keep_year
         )
         if mode == "fail" and report.records:
+            located = [self.records[i].index for i in report.records]
             problems = [
                 DatasetProblem(
                     f"contains PHI of kind {', '.join(report.kinds_by_record[i])}",
                     path=self.report.source,
-                    record_index=i,
+                    record_index=at,
+                    location=None if at is None else self.report.locate(at),
                 )
-                for i in report.records
+                for i, at in zip(report.records, located, strict=True)
             ]
             raise PHIDetectedError(problems, hint="De-identify first: deidentify(mode='redact').")
         if mode != "redact":

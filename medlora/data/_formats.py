@@ -9,8 +9,9 @@ PubMedQA's ``ori_pqal.json`` keyed by PMID) are parsed whole, as JSON cannot be 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,7 @@ def read_jsonl(path: Path) -> tuple[list[Row], list[DatasetProblem]]:
             except UnicodeDecodeError as exc:
                 problems.append(
                     DatasetProblem(
-                        f"line {index + 1} is not valid UTF-8 (byte {exc.start}); re-save the "
-                        "file as UTF-8",
+                        f"is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8",
                         path=path,
                         record_index=index,
                     )
@@ -56,7 +56,7 @@ def read_jsonl(path: Path) -> tuple[list[Row], list[DatasetProblem]]:
             except json.JSONDecodeError as exc:
                 problems.append(
                     DatasetProblem(
-                        f"line {index + 1} is not valid JSON ({exc.msg} at column {exc.colno})",
+                        f"is not valid JSON ({exc.msg} at column {exc.colno})",
                         path=path,
                         record_index=index,
                     )
@@ -101,6 +101,49 @@ def read_json(path: Path) -> list[Row]:
             ]
         )
     return list(enumerate(doc))
+
+
+Locate = Callable[[int], str]
+
+
+def jsonl_line(index: int) -> str:
+    """Location of JSONL row ``index`` (its 0-based line index): the 1-based line."""
+    return f"line {index + 1}"
+
+
+def array_index(index: int) -> str:
+    """Location of element ``index`` of a JSON array."""
+    return f"index {index}"
+
+
+def table_row(index: int) -> str:
+    """Location of row ``index`` of a Parquet file or ``datasets`` table."""
+    return f"row {index}"
+
+
+def in_memory(index: int) -> str:
+    """Location of record ``index`` of records given in Python."""
+    return f"record {index}"
+
+
+def csv_lines(path: Path) -> Locate:
+    """Location of CSV data row ``index``: the 1-based file line it starts on (quoted cells
+    may span lines; blank lines are skipped, as the reader does). The file is scanned only
+    when a problem is reported."""
+    starts: list[int] = []
+
+    def locate(index: int) -> str:
+        if not starts:
+            with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+                reader, previous = csv.reader(handle), 0
+                for row in reader:
+                    if row:
+                        starts.append(previous + 1)
+                    previous = reader.line_num
+        data = starts[1:]  # after the header
+        return f"line {data[index]}" if index < len(data) else f"row {index}"
+
+    return locate
 
 
 def _decode_nested(row: dict[str, Any]) -> dict[str, Any]:

@@ -166,6 +166,26 @@ class DataCard:
         return "\n".join(lines) + "\n"
 
 
+@attrs.frozen(kw_only=True)
+class DedupReport:
+    """Duplicates removed by ``ClinicalDataset.deduplicate``: ids only, never the text."""
+
+    mode: str
+    """``exact`` or ``near`` (exact and near duplicates)."""
+    removed: tuple[tuple[str, str, float], ...]
+    """``(removed id, id of the kept record it repeats, similarity)``; 1.0 for exact."""
+
+    @property
+    def exact(self) -> int:
+        """Records removed as exact duplicates."""
+        return sum(1 for *_, s in self.removed if s >= 1.0)
+
+    @property
+    def near(self) -> int:
+        """Records removed as near duplicates."""
+        return len(self.removed) - self.exact
+
+
 def conversation_text(messages: Sequence[Mapping[str, str]]) -> str:
     """Plain text of a conversation, for hashing and similarity."""
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)

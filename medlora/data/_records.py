@@ -150,10 +150,13 @@ PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
 def normalise_layout(record: dict[str, Any]) -> dict[str, Any]:
     """Map well-known public layouts onto medlora's keys (in place, returned).
 
-    MedMCQA (``opa``..``opd`` + ``cop``) becomes ``options`` + ``answer``; PubMedQA's
+    MedQA's ``answer_idx`` letter becomes ``answer``; MedMCQA (``opa``..``ope`` + ``cop``)
+    becomes ``options`` + ``answer``; PubMedQA's
     ``ori_pqal.json`` keys (``QUESTION``, ``CONTEXTS``, ``LONG_ANSWER``) and the Hugging Face copy's
     nested ``context.contexts`` become ``question``, ``contexts``, ``long_answer``.
     """
+    if isinstance(record.get("answer_idx"), str) and isinstance(record.get("options"), Mapping):
+        record["answer"] = record["answer_idx"]  # MedQA: the letter (``answer`` is its text)
     if "options" not in record and "opa" in record and "question" in record:
         record["options"] = [record[k] for k in MEDMCQA_OPTIONS if record.get(k) is not None]
         if "answer" not in record and "cop" in record:

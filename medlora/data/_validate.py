@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -60,6 +60,8 @@ class ClinicalRecord:
     """Value of the grouping field (a patient or encounter id), used for grouped splits."""
     source: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
     """The original record, for evaluation tasks that need its structured fields."""
+    index: int | None = attrs.field(default=None, repr=False, eq=False)
+    """Its 0-based position where it was read (the ``record_index`` of its problems)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +74,10 @@ class LoadReport:
     """Records per kind."""
     skipped: tuple[DatasetProblem, ...] = ()
     """Problems of records dropped with ``on_error="skip"``."""
+    locate: Callable[[int], str] = attrs.field(
+        default=lambda index: f"record {index}", repr=False, eq=False
+    )
+    """Names a ``record_index`` the way the source counts (``line 3``, ``index 2``, ``row 5``)."""
 
 
 def validate_row(
@@ -123,4 +129,5 @@ def validate_row(
         messages=messages_t,
         group=None if group is None else str(group),
         source=record,
+        index=index,
     )

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medlora._errors import ModelLoadError
+from medlora._errors import DatasetError, ModelLoadError
 from medlora._io import restore
-from medlora.data import ClinicalDataset
+from medlora.data import ClinicalDataset, DataConfig
 
 
 def _training_info(export_dir: Path) -> dict[str, Any]:
@@ -48,19 +48,40 @@ def models_of_export(export_dir: str | Path, *, include_base: bool = True) -> di
 
 
 def held_out_dataset(export_dir: str | Path, *, data: str | Path | None = None) -> ClinicalDataset:
-    """The records the export's training run held out (same data, fraction and seed).
+    """Exactly the records the export's training run held out, re-created by the trainer's own
+    code path (``medlora.training.run_data``) and checked against the fingerprint the run
+    recorded.
 
     Args:
         export_dir: A medlora export directory.
-        data: A JSONL file of evaluation records to use instead.
+        data: A records file (any format ``DataConfig`` reads) to evaluate on instead.
+
+    Raises:
+        DatasetError: The run held out nothing, trained on datasets given in Python, or its
+            data changed since; the message says to pass ``--data``.
     """
     if data is not None:
-        return ClinicalDataset.from_jsonl(data)
-    config = _training_info(Path(export_dir)).get("config", {})
-    source = config.get("data")
-    opts: dict[str, Any] = {"system_prompt": config.get("system_prompt")}
-    dataset = (
-        ClinicalDataset.from_jsonl(source, **opts) if source else ClinicalDataset.default(**opts)
-    )
-    fraction = float(config.get("validation_fraction", 0.1)) or 0.1
-    return dataset.split(test_size=fraction, seed=int(config.get("seed", 0)))[1]
+        return DataConfig(path=str(data)).read()
+    from medlora.training import HeldOutSplit, TrainingConfig, run_data
+
+    info = _training_info(Path(export_dir))
+    recorded = info.get("held_out")
+    split = HeldOutSplit.from_dict(recorded) if isinstance(recorded, dict) else None
+    if split is not None and split.recipe in ("none", "given"):
+        why = {
+            "none": "held out no records (validation_fraction 0 and no data.eval)",
+            "given": "was trained on datasets given in Python, which its config cannot rebuild",
+        }[split.recipe]
+        raise DatasetError(f"the training run {why}; pass --data FILE of evaluation records")
+    rebuilt = run_data(TrainingConfig.from_dict(info.get("config", {})))
+    held = rebuilt.held_out
+    if split is not None:
+        same = held is not None and held.fingerprint == split.fingerprint
+    else:  # a run from before held-out splits were recorded: check what it trained on
+        same = held is not None and rebuilt.train.fingerprint == info.get("data_fingerprint")
+    if held is None or not same:
+        raise DatasetError(
+            "the records rebuilt from the run's config are not the ones it held out (the data "
+            "file changed, or the run held out nothing); pass --data FILE of evaluation records"
+        )
+    return held

@@ -15,6 +15,7 @@ from medlora._io import atomic_file, write_json
 from medlora.data import ClinicalDataset
 from medlora.eval._metrics import choose, exact_match, rouge_l
 from medlora.eval._refusal import is_refusal
+from medlora.eval._scoring import score_requests
 from medlora.eval._tasks import (
     ChoiceItem,
     GenerationItem,
@@ -79,7 +80,8 @@ class EvalConfig(ConfigBase):
     refusal_new_tokens: int = attrs.field(default=32, validator=[integer, positive])
     """Token limit of each reply to a ``refusal`` request (a refusal shows in its opening)."""
     batch_size: int = attrs.field(default=8, validator=[integer, positive])
-    """Conversations generated together, where the backend batches (Hugging Face models)."""
+    """Conversations generated together, and multiple-choice questions scored together (all
+    their options in one padded forward), where the backend batches (Hugging Face models)."""
 
 
 def _cap(items: Sequence[Any], limit: int | None) -> list[Any]:
@@ -101,15 +103,21 @@ def _perplexity(model: Any, dataset: ClinicalDataset, limit: int | None) -> tupl
     return (math.exp(nll / count) if count else math.nan), count
 
 
-def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, float]:
+def _choices(
+    model: Any, items: Sequence[ChoiceItem], style: str, batch_size: int
+) -> dict[str, float]:
     hits: dict[str, list[float]] = {"mc_acc": [], "mc_acc_norm": [], "pubmedqa_acc": []}
-    for item in items:
-        if style == "chat":
-            context = model.render(item.chat_messages(), generation_prompt=True)
-        else:
-            context = item.plain_prompt()
-        continuations = item.continuations(style)
-        scores = [s.logprob for s in _loglikelihoods(model, context, continuations)]
+    requests = [
+        (
+            model.render(item.chat_messages(), generation_prompt=True)
+            if style == "chat"
+            else item.plain_prompt(),
+            item.continuations(style),
+        )
+        for item in items
+    ]
+    all_scores = score_requests(model, requests, batch_size=batch_size)
+    for item, (_, continuations), scores in zip(items, requests, all_scores, strict=True):
         raw, norm = choose(scores, continuations)
         if item.task == "pubmedqa":
             hits["pubmedqa_acc"].append(float(raw == item.answer))
@@ -117,12 +125,6 @@ def _choices(model: Any, items: Sequence[ChoiceItem], style: str) -> dict[str, f
             hits["mc_acc"].append(float(raw == item.answer))
             hits["mc_acc_norm"].append(float(norm == item.answer))
     return {k: sum(v) / len(v) for k, v in hits.items() if v}
-
-
-def _loglikelihoods(model: Any, context: str, continuations: Sequence[str]) -> list[Any]:
-    if hasattr(model, "loglikelihoods"):  # one pass over the shared context
-        return list(model.loglikelihoods(context, continuations))
-    return [model.loglikelihood(context, c) for c in continuations]
 
 
 def _replies(
@@ -187,7 +189,7 @@ def evaluate_model(
     if "multiple_choice" in config.tasks:
         items = _cap(choice_items(dataset.records), config.max_records)
         items += _cap(choice_items(extra_choice_records), config.max_records)
-        out.update(_choices(model, items, config.prompt_style))
+        out.update(_choices(model, items, config.prompt_style, config.batch_size))
         out["mc_n"] = sum(i.task == "multiple_choice" for i in items)
         out["pubmedqa_n"] = sum(i.task == "pubmedqa" for i in items)
     if "generation" in config.tasks:

@@ -14,9 +14,11 @@ import attrs
 
 from medlora._errors import DatasetError, DatasetProblem
 from medlora.data import ClinicalRecord
+from medlora.data._validate import LoadOptions, validate_row
 
 LETTERS = "ABCDEFGHIJ"
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+_CHOICE_KEYS = ("options", "opa", "final_decision", "answer_idx")
 
 
 @attrs.frozen(kw_only=True)
@@ -51,8 +53,8 @@ class ChoiceItem:
 
     def continuations(self, style: str) -> list[str]:
         """What is scored for each option: ``" " + text`` (plain) or the trained reply form."""
-        if self.task == "pubmedqa":
-            return [(" " if style == "plain" else "") + text for _, text in self.options]
+        if self.task == "pubmedqa":  # chat: the trained reply ends "Answer: yes"
+            return [(" " if style == "plain" else "Answer: ") + text for _, text in self.options]
         if style == "plain":
             return [f" {text}" for _, text in self.options]
         return [f"{letter}. {text}" for letter, text in self.options]
@@ -70,15 +72,6 @@ class GenerationItem:
     """The reference reply."""
 
 
-def _fields(
-    record: ClinicalRecord | Mapping[str, Any],
-) -> tuple[str, Mapping[str, Any], tuple[Mapping[str, str], ...]]:
-    if isinstance(record, ClinicalRecord):
-        return record.id, record.source, record.messages
-    messages = record.get("messages")
-    return str(record.get("id", "")), record, tuple(messages) if isinstance(messages, list) else ()
-
-
 def _prompt_turns(messages: Sequence[Mapping[str, str]]) -> tuple[Mapping[str, str], ...]:
     """The turns before the last assistant reply."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
@@ -86,35 +79,34 @@ def _prompt_turns(messages: Sequence[Mapping[str, str]]) -> tuple[Mapping[str, s
 
 
 def _choice_item(index: int, record: ClinicalRecord | Mapping[str, Any]) -> ChoiceItem | None:
-    rid, src, messages = _fields(record)
-    rid = rid or f"record-{index}"
-    prompt = _prompt_turns(messages)
-    decision = src.get("final_decision")
-    if isinstance(decision, str) and decision.lower() in PUBMEDQA_CHOICES:
-        contexts = src.get("CONTEXTS", src.get("contexts", src.get("context", "")))
-        abstract = " ".join(contexts) if isinstance(contexts, list) else str(contexts)
-        question = src.get("QUESTION", src.get("question", ""))
+    """The item of one record, from its validated training view where it has one."""
+    if not isinstance(record, ClinicalRecord):
+        problems, validated = validate_row(record, index=index, options=LoadOptions())
+        if validated is None:
+            if problems and any(k in record for k in _CHOICE_KEYS):
+                raise DatasetError(problems)
+            return None
+        record = validated
+    if record.kind == "pubmedqa":
+        decision = str(record.source.get("final_decision", "")).strip().lower()
+        prompt = _prompt_turns(record.messages)
         return ChoiceItem(
-            id=rid,
-            question=f"Abstract: {abstract}\nQuestion: {question}",
+            id=record.id,
+            question=prompt[-1]["content"],  # "Abstract: ...\nQuestion: ..." as trained
             options=tuple((c, c) for c in PUBMEDQA_CHOICES),
-            answer=PUBMEDQA_CHOICES.index(decision.lower()),
+            answer=PUBMEDQA_CHOICES.index(decision),
             task="pubmedqa",
+            messages=prompt,
         )
-    question = src.get("question")
-    if not isinstance(question, str):
+    options = _option_pairs(record.source.get("options"))
+    question = record.source.get("question")
+    if not options or not isinstance(question, str):
         return None
-    options: list[tuple[str, str]] = []
-    answer: Any = None
-    if isinstance(src.get("options"), Mapping):  # MedQA / medlora's synthetic layout
-        options = [(str(k), str(v)) for k, v in src["options"].items()]
-        answer = src.get("answer_idx", src.get("answer"))
-    elif "opa" in src and "cop" in src:  # MedMCQA (cop 0-based A-D, as lm-eval's copy)
-        options = [(LETTERS[i], str(src[f"op{c}"])) for i, c in enumerate("abcd")]
-        cop = src["cop"]
-        answer = LETTERS[cop] if isinstance(cop, int) and 0 <= cop < 4 else None
-    else:
-        return None
+    if record.kind == "multiple_choice":  # the validated reply "B. text" honours the index base
+        replies = [f"{k}. {v}" for k, v in options]
+        answer: Any = options[replies.index(record.messages[-1]["content"])][0]
+    else:  # a conversation that carries its question's fields (the embedded set)
+        answer = record.source.get("answer_idx", record.source.get("answer"))
     letters = [k for k, _ in options]
     if answer not in letters:
         raise DatasetError(
@@ -127,22 +119,32 @@ def _choice_item(index: int, record: ClinicalRecord | Mapping[str, Any]) -> Choi
             ]
         )
     return ChoiceItem(
-        id=rid,
+        id=record.id,
         question=question,
         options=tuple(options),
         answer=letters.index(answer),
         task="multiple_choice",
-        messages=prompt,
+        messages=_prompt_turns(record.messages),
     )
+
+
+def _option_pairs(raw: Any) -> list[tuple[str, str]]:
+    """``(letter, text)`` of options given as an object keyed by letter or as a list."""
+    if isinstance(raw, Mapping):
+        return [(str(k), str(v)) for k, v in raw.items()]
+    if isinstance(raw, list | tuple):
+        return [(LETTERS[i], str(v)) for i, v in enumerate(raw[: len(LETTERS)])]
+    return []
 
 
 def choice_items(records: Iterable[ClinicalRecord | Mapping[str, Any]]) -> list[ChoiceItem]:
     """Multiple-choice items from every record that has a MedQA, MedMCQA or PubMedQA layout.
 
-    MedQA / medlora layout: ``question``, ``options`` ``{"A": ...}``, ``answer`` or
-    ``answer_idx`` (a letter). MedMCQA: ``question``, ``opa``..``opd``, ``cop`` (0-based).
-    PubMedQA: ``question``/``QUESTION``, ``contexts``/``CONTEXTS``, ``final_decision``.
-    Other records are skipped.
+    Raw records are validated first (as ``ClinicalDataset.from_records`` does), so an item is
+    exactly what training saw: MedQA (``options`` object, ``answer_idx``), MedMCQA
+    (``opa``..``ope``, ``cop`` read with the dataset's ``answer_index_base``; raw records
+    here: 0-based), options given as a list (lettered A, B, ...), and PubMedQA with the
+    training prompt. Other records are skipped.
 
     Raises:
         DatasetError: A record's answer is not one of its options.

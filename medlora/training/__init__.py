@@ -2,18 +2,21 @@
 
 from medlora.training._callbacks import Callback
 from medlora.training._config import LoraConfig, QuantizationConfig, TrainingConfig
-from medlora.training._datasets import run_datasets
+from medlora.training._datasets import HeldOutSplit, RunData, run_data, run_datasets
 from medlora.training._model import count_4bit_linear
 from medlora.training._result import TrainingResult
 from medlora.training._trainer import QLoRATrainer
 
 __all__ = [
     "Callback",
+    "HeldOutSplit",
     "LoraConfig",
     "QLoRATrainer",
     "QuantizationConfig",
+    "RunData",
     "TrainingConfig",
     "TrainingResult",
     "count_4bit_linear",
+    "run_data",
     "run_datasets",
 ]

@@ -9,6 +9,7 @@ import attrs
 
 from medlora._config import ConfigBase, in_range, integer, non_negative, one_of, positive
 from medlora._errors import ConfigError
+from medlora.data._config import DataConfig, data_config
 
 
 def _modules(value: str | list[str] | tuple[str, ...]) -> str | tuple[str, ...]:
@@ -74,8 +75,10 @@ class TrainingConfig(ConfigBase):
     """Local model directory or hub id (e.g. ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``)."""
     output_dir: Path = attrs.field(converter=Path)
     """Run directory: checkpoints, logs, the final adapter and ``medlora.json``."""
-    data: str | None = None
-    """JSONL training file; ``None`` uses the embedded synthetic clinical dataset."""
+    data: DataConfig | None = attrs.field(default=None, converter=data_config)
+    """Where the records come from and how they are checked: a :class:`DataConfig`, its
+    mapping (a YAML ``data:`` section) or just a file path; ``None`` uses the embedded
+    synthetic clinical dataset."""
     lora: LoraConfig = attrs.field(factory=LoraConfig)
     """Adapter settings."""
     quantization: QuantizationConfig | None = attrs.field(factory=QuantizationConfig)
@@ -125,7 +128,8 @@ class TrainingConfig(ConfigBase):
     validation_fraction: float = attrs.field(
         default=0.1, converter=float, validator=in_range(0.0, 0.5)
     )
-    """Share of records (grouped by patient where possible) held out for evaluation."""
+    """Share of records (grouped by patient where possible) held out for evaluation, unless
+    ``data.eval`` names a file or another fraction."""
     eval_every: int = attrs.field(default=0, validator=[integer, non_negative])
     """Evaluate every N steps (0: only at the start and the end)."""
     early_stopping_patience: int = attrs.field(default=0, validator=[integer, non_negative])

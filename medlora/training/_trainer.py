@@ -37,7 +37,13 @@ from medlora.training._callbacks import (
     tensorboard_logger,
 )
 from medlora.training._config import TrainingConfig
-from medlora.training._datasets import run_records, split_records
+from medlora.training._datasets import (
+    RunData,
+    describe_split,
+    run_data,
+    run_data_config,
+    split_records,
+)
 from medlora.training._loss import with_loss_index
 from medlora.training._model import (
     PADDING_FREE_ATTENTION,
@@ -95,12 +101,31 @@ class QLoRATrainer:
     checkpointing, loss, optimizer); written to ``medlora.json``."""
     objective: Any = attrs.field(default=None, init=False, repr=False)
     """The model and its loss as one module (sharded in place under FSDP)."""
+    _data: RunData | None = attrs.field(default=None, init=False, repr=False)
+    _token_lengths: list[int] = attrs.field(factory=list, init=False, repr=False)
 
-    def _datasets(self) -> tuple[ClinicalDataset, ClinicalDataset | None]:
-        dataset = self.dataset if self.dataset is not None else run_records(self.config)
-        if self.eval_dataset is not None:
-            return dataset, self.eval_dataset
-        return split_records(dataset, self.config)
+    def check_data(self) -> RunData:
+        """Load, validate and split the records, before any model loads (kept for
+        :meth:`train`); ``RunData.report()`` is the data report ``medlora train`` prints.
+
+        Raises:
+            DatasetError: Bad records, each named by file, line and field.
+        """
+        if self._data is not None:
+            return self._data
+        cfg = self.config
+        if self.dataset is None and self.eval_dataset is None:
+            self._data = run_data(cfg)
+            return self._data
+        loaded = None if self.dataset is not None else run_data_config(cfg).load()
+        train = self.dataset if loaded is None else loaded.records
+        if train is None:  # pragma: no cover - one of the two is set
+            raise DatasetError("no training records")
+        held = self.eval_dataset
+        if held is None:
+            train, held = split_records(train, cfg)
+        self._data = RunData.of(train, held, describe_split(held, "given", cfg), loaded)
+        return self._data
 
     def _prepare(self, dataset: ClinicalDataset, run_dir: Path, *, pack: bool) -> PreparedData:
         """Tokenized (optionally packed) examples, cached in the run directory by fingerprint;
@@ -123,6 +148,7 @@ class QLoRATrainer:
         """Training items (examples, or packed rows of them) and the function batching them."""
         cfg, pad_id = self.config, self.tokenizer.pad_token_id
         prepared = self._prepare(dataset, run_dir, pack=cfg.packing)
+        self._token_lengths = [len(e) for e in prepared.examples]
         if not cfg.packing:
 
             def padded(chunk: list[Any]) -> dict[str, Any]:
@@ -292,6 +318,7 @@ class QLoRATrainer:
         resume = cfg.resume if resume is None else resume
         timings = dict.fromkeys(("setup", "train", "eval", "save"), 0.0)
         started = time.perf_counter()
+        data = self.check_data()  # bad records fail here, before any model loads
         acc = Accelerator(cpu=not torch.cuda.is_available())  # gloo DDP on CPU-only machines
         main = acc.is_main_process
         run_dir = Path(cfg.output_dir)
@@ -302,7 +329,7 @@ class QLoRATrainer:
         acc.wait_for_everyone()
         if self.model is None:
             self.setup(device=acc.device)
-        train_set, eval_set = self._datasets()
+        train_set, eval_set = data.train, data.held_out
         train_items, collate_fn = self._train_items(train_set, run_dir)
         eval_examples = (
             list(self._prepare(eval_set, run_dir, pack=False).examples)
@@ -658,6 +685,9 @@ class QLoRATrainer:
         if main:
             adapter_step = best if source == "best" else st["step"]
             record = run_record(result, cfg.to_dict(), train_set, eval_set, source, adapter_step)
+            if self._data is not None:
+                record["held_out"] = self._data.split.to_dict()
+                record["data_card"] = self._data.card(self._token_lengths)
             record["world_size"] = acc.num_processes
             record["runtime"] = dict(self.runtime)
             write_json(run_dir / "medlora.json", record)

@@ -111,3 +111,67 @@ def test_skip_keeps_going_and_reports_every_bad_line(tmp_path: Path) -> None:
     ds = ClinicalDataset.from_jsonl(path, on_error="skip")
     assert len(ds) == 1
     assert [(p.record_index, p.field) for p in ds.report.skipped] == [(1, None), (2, "answer")]
+
+
+def _located(error: DatasetError) -> list[tuple[str | None, int | None]]:
+    return [(p.location, p.record_index) for p in error.problems]
+
+
+def _error(load: Callable[..., object], path: Path, **options: object) -> DatasetError:
+    with pytest.raises(DatasetError) as info:
+        load(path, **options)
+    return info.value
+
+
+def test_jsonl_names_the_1_based_line_of_every_kind_of_problem(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        GOOD.encode()
+        + b"\n\n{oops\n"
+        + b"[1, 2]\n"
+        + b'{"question": "Q?", "answer": 3}\n'
+        + b'{"text": "caf\xe9"}\n'
+    )
+    error = _error(ClinicalDataset.from_jsonl, path)
+    assert _located(error) == [("line 3", 2), ("line 4", 3), ("line 5", 4), ("line 6", 5)]
+    assert "record " not in str(error)  # one counting scheme per file: the editor's
+    assert f"{path}, line 5, field 'answer': must be a string" in str(error)
+    assert error.location == "line 3"
+
+
+def test_csv_names_the_file_line_where_the_record_starts(tmp_path: Path) -> None:
+    path = tmp_path / "notes.csv"
+    path.write_text(
+        'question,answer\n"Spans\ntwo lines?",yes\n\n"Q2?",ok\n"Q3?",\n', encoding="utf-8"
+    )
+    error = _error(ClinicalDataset.from_csv, path, cache_dir=tmp_path / "cache")
+    assert _located(error) == [("line 6", 2)]
+    assert f"{path}, line 6, field 'answer'" in str(error)
+
+
+def test_json_arrays_name_the_index_and_parquet_the_row(tmp_path: Path) -> None:
+    array = tmp_path / "a.json"
+    array.write_text(json.dumps([json.loads(GOOD), {"question": "Q?", "answer": 1}]))
+    assert _located(_error(ClinicalDataset.from_json, array)) == [("index 1", 1)]
+    pandas = pytest.importorskip("pandas")
+    table = tmp_path / "t.parquet"
+    pandas.DataFrame({"question": ["a?", "b?", "c?"], "answer": ["x", None, "z"]}).to_parquet(table)
+    error = _error(ClinicalDataset.from_parquet, table, cache_dir=tmp_path / "cache")
+    assert _located(error) == [("row 1", 1)]
+    assert f"{table}, row 1, field 'answer'" in str(error)
+
+
+def test_phi_failures_name_the_line_of_the_record(tmp_path: Path) -> None:
+    from medlora import PHIDetectedError
+
+    path = tmp_path / "phi.jsonl"
+    path.write_text(
+        GOOD
+        + "\n\n"
+        + json.dumps({"question": "Patient: John Smith. Plan?", "answer": "Rest."})
+        + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(PHIDetectedError) as info:
+        ClinicalDataset.from_jsonl(path).deidentify(mode="fail")
+    assert _located(info.value) == [("line 3", 2)]

@@ -138,3 +138,27 @@ def test_medsafetybench_release(shared_dir: Path) -> None:
     assert {r["generator"] for r in records} == {"gpt4", "llama2"}
     assert {r["category"] for r in records} == set(range(1, 10))
     assert len({r["id"] for r in records}) == 900
+
+
+def test_medmcqa_honours_the_index_base_and_keeps_ope() -> None:
+    row = {**MEDMCQA, "ope": "E", "cop": 3}  # the original release: cop is 1-based
+    dataset = ClinicalDataset.from_records([row], answer_index_base=1)
+    (item,) = choice_items(dataset.records)
+    assert len(item.options) == 5 and item.options[4] == ("E", "E")
+    assert item.options[item.answer] == ("C", "C")
+    assert item.continuations("chat")[item.answer] == dataset[0].messages[-1]["content"]
+
+
+def test_list_options_are_scored_not_skipped() -> None:
+    row = {"question": "Beta blocker?", "options": ["Atenolol", "Amlodipine"], "answer": 0}
+    (item,) = choice_items(ClinicalDataset.from_records([row]).records)
+    assert item.options == (("A", "Atenolol"), ("B", "Amlodipine")) and item.answer == 0
+    assert choice_items([row])[0] == item
+
+
+def test_pubmedqa_prompt_is_the_training_rendering() -> None:
+    dataset = ClinicalDataset.from_records([PUBMEDQA], system_prompt="Be careful.")
+    (item,) = choice_items(dataset.records)
+    record = dataset[0]
+    assert item.chat_messages() == [dict(m) for m in record.messages[:-1]]
+    assert item.continuations("chat")[item.answer] == record.messages[-1]["content"]
