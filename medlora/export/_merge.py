@@ -114,6 +114,36 @@ def write_merged_weights(
     return "peft"
 
 
+def merge_adapter(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    strategy: str = "original",
+    quant: QuantizationConfig | None = None,
+    dtype: str = "float16",
+) -> Path:
+    """Merge a peft LoRA adapter into its base and write a Hugging Face directory.
+
+    The merge the exporter writes (``merged/``), without training's measurements: weights
+    streamed tensor by tensor (peak memory about one float32 matrix), ``config.json`` and the
+    base's tokenizer files. ``strategy`` is ``"original"`` or ``"nf4-roundtrip"`` (merge into
+    the 4-bit round trip of the base, quantized as ``quant`` says).
+
+    Returns:
+        ``out_dir``, created if missing.
+    """
+    from medlora._hub import copy_tokenizer_files
+
+    base, out = Path(base_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_merged_weights(
+        base, Path(adapter_dir), out, strategy=strategy, quant=quant, dtype=dtype
+    )
+    copy_tokenizer_files(base, out)
+    return out
+
+
 UPCAST_CHUNK_BYTES = 16 * 2**20
 """Largest float32 copy of a weight :func:`load_upcast` makes at once (row chunks)."""
 

@@ -112,6 +112,27 @@ def test_single_file_layout_is_save_pretrained_s(
     assert ours == (reference / "model.safetensors").read_bytes()
 
 
+def test_merge_adapter_writes_a_loadable_directory_with_the_tokenizer(
+    random_model_dir: Path, lora_dir: Path, tmp_path: Path
+) -> None:
+    """The public merge: the streamed weights (byte-identical to peft's, above) plus the base's
+    tokenizer, loadable by transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medlora.export import merge_adapter
+
+    out = merge_adapter(random_model_dir, lora_dir, tmp_path / "merged")
+    reference = stream_merge(
+        random_model_dir, lora_dir, tmp_path / "ref", strategy="original", quant=None
+    )
+    weights = (out / "model.safetensors").read_bytes()
+    assert weights == (reference / "model.safetensors").read_bytes()
+    assert (out / "tokenizer_config.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float16
+    base_tok = AutoTokenizer.from_pretrained(random_model_dir)
+    assert AutoTokenizer.from_pretrained(out)("sepsis").input_ids == base_tok("sepsis").input_ids
+
+
 def test_write_safetensors_is_byte_identical_to_save_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
