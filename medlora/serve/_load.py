@@ -7,8 +7,8 @@ at EOS), stream either one as an iterator of text pieces, and score text for eva
 
 from __future__ import annotations
 
-import inspect
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,17 @@ class Loglikelihood:
     """Number of continuation tokens scored."""
     greedy: bool
     """Whether greedy decoding would have produced exactly these tokens."""
+
+
+CACHE_RENAMED_IN = (5, 24)
+"""The transformers release whose models take and return the KV cache as ``cache`` (earlier:
+``past_key_values``, still accepted there with a deprecation warning)."""
+
+
+def cache_keyword(transformers_version: str) -> str:
+    """The keyword (and output field) of the KV cache in that transformers release."""
+    major, minor = re.match(r"(\d+)\.(\d+)", transformers_version).groups()  # type: ignore[union-attr]
+    return "cache" if (int(major), int(minor)) >= CACHE_RENAMED_IN else "past_key_values"
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -144,9 +155,9 @@ class HFModel(_Scoring):
             return torch.log_softmax(logits, -1).cpu().numpy()
 
     def _cache_key(self) -> str:
-        # transformers >= 5.2x names the KV cache ``cache``; older releases ``past_key_values``
-        params = inspect.signature(self._forward()).parameters
-        return "cache" if "cache" in params else "past_key_values"
+        import transformers
+
+        return cache_keyword(transformers.__version__)
 
     def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[Loglikelihood]:
         """:meth:`loglikelihood` of each continuation after one shared ``context``: the context
@@ -217,11 +228,6 @@ class HFModel(_Scoring):
                 text = self.tokenizer.decode(prompt + new, skip_special_tokens=True)
                 replies.append(text[len(prefix) :])
         return replies
-
-    def _forward(self) -> Any:
-        model = self.model
-        base = getattr(model, "get_base_model", None)  # a peft model forwards **kwargs
-        return (base() if base is not None else model).forward
 
     def _device(self) -> Any:
         return next(p for p in self.model.parameters()).device
