@@ -213,3 +213,18 @@ def read_without_mmap() -> Iterator[None]:
         yield
     finally:
         modeling_utils.safe_open = original
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter names in its ``adapter_config.json``."""
+    config_path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} cannot be read: {exc}") from exc
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(
+            f"{config_path} names no base_model_name_or_path; pass base=... to medlora.load"
+        )
+    return base

@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from medlora._optional import require
 from medlora.training import QuantizationConfig
 from medlora.training._model import load_base_model
 
@@ -38,13 +39,30 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+NF4_BLOCKSIZE = 64
+"""Weights per 4-bit quantization block as training's base holds them: bitsandbytes'
+``Params4bit`` default, which transformers' 4-bit loading uses (checked against a loaded
+weight's ``quant_state.blocksize`` by the tests)."""
+
+
+def nf4_roundtrip(weight: Any, quant: QuantizationConfig) -> Any:
+    """dequant(quant(W)) for one weight, as training's 4-bit base stores it."""
+    bnbf = require("bitsandbytes.functional", "the nf4-roundtrip merge")
+    packed, state = bnbf.quantize_4bit(
+        weight.contiguous(),
+        blocksize=NF4_BLOCKSIZE,
+        compress_statistics=quant.double_quant,
+        quant_type=quant.quant_type,
+    )
+    return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+
+
 def nf4_roundtrip_(model: Any, quant: QuantizationConfig) -> int:
     """Replace every linear weight that training held in 4-bit by dequant(quant(W)), in place.
 
     Returns the number of weights replaced. The language-model head stays as is, as it does in
     4-bit loading.
     """
-    import bitsandbytes.functional as bnbf
     import torch
 
     count = 0
@@ -52,14 +70,7 @@ def nf4_roundtrip_(model: Any, quant: QuantizationConfig) -> int:
         for name, module in model.named_modules():
             if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
                 continue
-            weight = module.weight.data
-            packed, state = bnbf.quantize_4bit(
-                weight.contiguous(),
-                blocksize=64,
-                compress_statistics=quant.double_quant,
-                quant_type=quant.quant_type,
-            )
-            module.weight.data = bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+            module.weight.data = nf4_roundtrip(module.weight.data, quant)
             count += 1
     return count
 

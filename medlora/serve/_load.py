@@ -7,7 +7,6 @@ at EOS), stream either one as an iterator of text pieces, and score text for eva
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -500,21 +499,6 @@ def _is_gguf(path: Path) -> bool:
         return handle.read(4) == b"GGUF"
 
 
-def adapter_base(adapter_dir: Path) -> str:
-    """The base model an adapter names in its ``adapter_config.json``."""
-    config_path = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{config_path} cannot be read: {exc}") from exc
-    base = config.get("base_model_name_or_path")
-    if not isinstance(base, str) or not base:
-        raise ModelLoadError(
-            f"{config_path} names no base_model_name_or_path; pass base=... to medlora.load"
-        )
-    return base
-
-
 def load(
     path: str | Path,
     *,
@@ -593,7 +577,7 @@ def _load_adapter(
 ) -> HFModel:
     from peft import PeftModel
 
-    from medlora._hub import load_tokenizer, resolve_model
+    from medlora._hub import adapter_base, load_tokenizer, resolve_model
 
     base_dir = resolve_model(base if base is not None else adapter_base(path))
     try:

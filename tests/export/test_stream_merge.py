@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from medlora import ExportError
+from medlora._safetensors import write_safetensors
 from medlora.export._merge import load_upcast, merged_model, write_merged_weights
 from medlora.export._stream_merge import (
     read_lora,
     stream_merge,
     unsupported_features,
-    write_safetensors,
 )
 from medlora.training import QuantizationConfig
 
@@ -265,3 +265,9 @@ def test_reading_without_mmap_loads_the_same_4bit_model(random_model_dir: Path) 
         model = load_base_model(random_model_dir, QuantizationConfig())
     assert modeling_utils.safe_open is original
     assert torch.equal(hf_logits(model, ids)[0], mapped[0])
+    # the merges' NF4 round trip uses the block size 4-bit loading gave every weight
+    from medlora.export._merge import NF4_BLOCKSIZE
+
+    weights = [getattr(m, "weight", None) for m in model.modules()]
+    states = [w.quant_state for w in weights if hasattr(w, "quant_state")]
+    assert states and {s.blocksize for s in states} == {NF4_BLOCKSIZE}
