@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medlora"
 MOCK = re.compile(r"unittest\.mock|from unittest import mock|mock\.patch")
-STILL_PATCHING = {"export/_llama_cpp.py"}
+STILL_PATCHING = {"_llama_cpp.py"}
 """llama-cpp-python's server builds its ``Llama`` itself and takes no parameter or class for
 the extra buffer types, so :func:`no_extra_buffer_types` patches its default parameters while
 the server starts. Remove the entry when that patch goes."""

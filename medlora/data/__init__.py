@@ -10,6 +10,7 @@ from medlora.data._records import KINDS
 from medlora.data._tokenize import (
     IGNORE_INDEX,
     TokenizedExample,
+    encode_chat,
     render,
     tokenize_batch,
     tokenize_messages,
@@ -31,6 +32,7 @@ __all__ = [
     "TokenizedExample",
     "collate",
     "collate_packed",
+    "encode_chat",
     "find_phi",
     "pack_examples",
     "redact_text",

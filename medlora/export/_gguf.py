@@ -175,8 +175,8 @@ def quantize_gguf(
     if not src.is_file():
         raise ExportError(f"{src} does not exist; write it first with write_gguf()")
     llama_cpp = require("llama_cpp", "GGUF quantization")
+    from medlora._llama_cpp import captured_stderr, llama_cpp_log_lines
     from medlora.export._imatrix import check_imatrix_log, quantize_extras
-    from medlora.export._llama_cpp import captured_stderr, llama_cpp_log_lines
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medlora._optional import require
-from medlora.training import QuantizationConfig
-from medlora.training._model import load_base_model
+from medlora.training import QuantizationConfig, load_base_model
 
 
 def load_trained(base_dir: Path, adapter_dir: Path, quant: QuantizationConfig | None) -> Any:

@@ -348,18 +348,16 @@ class GGUFModel(_Scoring):
         """The conversation as text, through the chat template stored in the file, as
         :meth:`tokenize` expects it: without the leading BOS text only when tokenizing adds
         BOS (a SmolLM2 file keeps its first ``<|im_start|>``)."""
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        from medlora._template import ZEPHYR_CHAT_TEMPLATE, strip_leading_bos
+        from medlora._template import ZEPHYR_CHAT_TEMPLATE, render_template, strip_leading_bos
 
         source = self.llm.metadata.get("tokenizer.chat_template") or ZEPHYR_CHAT_TEMPLATE
-        template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         bos = self._token_text("bos")
-        text = template.from_string(source).render(
-            messages=[dict(m) for m in messages],
-            add_generation_prompt=generation_prompt,
-            eos_token=self.eos_token,
+        text = render_template(
+            source,
+            messages,
             bos_token=bos,
+            eos_token=self.eos_token,
+            generation_prompt=generation_prompt,
         )
         return strip_leading_bos(text, bos) if self._adds_bos() else text
 
@@ -554,7 +552,7 @@ def _base_weights(path: Path, quantization: QuantizationConfig | None) -> Any:
     from transformers import AutoModelForCausalLM
 
     if quantization is not None:
-        from medlora.training._model import load_base_model
+        from medlora.training import load_base_model
 
         return load_base_model(path, quantization)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

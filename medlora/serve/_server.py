@@ -237,7 +237,7 @@ def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> Req
     server_app = require("llama_cpp.server.app", "medlora serve")
     settings = require("llama_cpp.server.settings", "medlora serve")
     llama_module = require("llama_cpp.llama", "medlora serve")
-    from medlora.export._llama_cpp import no_extra_buffer_types
+    from medlora._llama_cpp import no_extra_buffer_types
 
     alias = config.alias_for(model)
     extra = {} if config.n_threads is None else {"n_threads": config.n_threads}
