@@ -392,7 +392,7 @@ class FillAfterStep:
 def test_full_disk_during_a_checkpoint_is_a_training_error(
     small_disk: Callable[[int], Path], configs: Any, reference_run: Path
 ) -> None:
-    """Issue 12, problem 3: a raw ``OSError: [Errno 28]`` traceback before."""
+    """A full disk during training: a raw ``OSError: [Errno 28]`` traceback before."""
     import attrs
 
     from medlora import QLoRATrainer, TrainingError
@@ -419,7 +419,8 @@ def test_full_disk_during_a_checkpoint_is_a_training_error(
 def test_full_disk_during_an_export_is_an_export_error(
     small_disk: Callable[[int], Path], reference_run: Path
 ) -> None:
-    """Issue 12, problem 3: '0.0 GB' from the pre-check, a raw traceback mid-write."""
+    """A full disk during export: '0.0 GB' from the pre-check, a raw traceback mid-write
+    before."""
     from medlora import AdapterExporter, ExportConfig, ExportError
 
     tiny = small_disk(4_000_000)  # the pre-check refuses before writing anything

@@ -135,7 +135,7 @@ def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir: Path, tmp_
 def test_load_and_resume_recover_what_killed_runs_left(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 12, problems 1 and 2, training side. A run killed between the two renames of the
+    """Killed writes, training side. A run killed between the two renames of the
     adapter swap leaves no adapter/ (the previous one an ``.old``, the new one a complete
     ``.partial``); killed checkpoint writes and prunes leave a ``.partial`` and a step without
     state.json. Before, medlora.load found no adapter and nothing was ever removed."""
@@ -173,7 +173,7 @@ def test_load_and_resume_recover_what_killed_runs_left(
 
 
 def test_run_artefacts_are_readable_by_another_user(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Issue 12, problem 4: mkdtemp/mkstemp (and safetensors' save_file) wrote 0700/0600, so
+    """Permissions: mkdtemp/mkstemp (and safetensors' save_file) wrote 0700/0600, so
     a serving account of another user could not read the adapter or checkpoints."""
     from crash_helpers import assert_readable_by_another_user
 
