@@ -131,6 +131,7 @@ def test_page_python_blocks_run(page: Path, docs_env: Path) -> None:
         exec(compile(source, str(page), "exec"), namespace)
 
 
+@pytest.mark.heavy  # ~8-12 s on 2 shared cores
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     for module in ("mkdocs", "mkdocstrings", "material", "griffe_fieldz"):
         if importlib.util.find_spec(module) is None:

@@ -27,16 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from crash_helpers import COMPLETE as COMPLETE_MARKER
 from crash_helpers import assert_readable_by_another_user, leftovers
 
 from medlora.training._checkpoint import checkpoint_dirs
-
-sys.path.insert(0, str(Path(__file__).parent / "training"))
-from test_loop import small_config  # the loop tests' run of tiny steps
 
 pytestmark = pytest.mark.faults
 
@@ -74,6 +71,9 @@ for line in sys.stdin:
     reply.write(json.dumps({"rc": rc}) + "\n")
     reply.flush()
 """
+
+if TYPE_CHECKING:
+    from conftest import SmallRun
 
 
 def child_env(fault: str | None) -> dict[str, str]:
@@ -134,13 +134,17 @@ def short_records(n: int = 12) -> str:
 
 
 @pytest.fixture(scope="module")
-def configs(tmp_path_factory: pytest.TempPathFactory, random_model_dir: Path) -> Any:
+def configs(
+    small_run: SmallRun,
+    tmp_path_factory: pytest.TempPathFactory,
+    random_model_dir: Path,
+) -> Any:
     """Writes config files; ``train_config(out)`` and ``export_config`` are their paths."""
     from medlora import ExportConfig
 
     root = tmp_path_factory.mktemp("fault-configs")
     (root / "data.jsonl").write_text(short_records())
-    base = small_config(
+    base = small_run.config(
         random_model_dir,
         root / "unused",
         data=str(root / "data.jsonl"),
