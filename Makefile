@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make quickstart` and `make test`.
+# Entry points for a fresh machine: `make quickstart` and `make test` (everything CI runs);
+# `make test-fast` while working (about 50 s on 2 shared cores).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv quickstart test
+.PHONY: venv quickstart test test-fast
 
 venv: $(STAMP)
 
@@ -23,6 +24,12 @@ $(STAMP): pyproject.toml
 
 quickstart: venv
 	$(BIN)/medlora quickstart --out medlora-quickstart
+
+# Lint and the tests that need no pre-training, training run, export or real model
+# (pytest --fast, see tests/conftest.py).
+test-fast: venv
+	$(BIN)/ruff check medlora tests examples benchmarks hooks
+	$(BIN)/python -m pytest -q --fast
 
 test: venv
 	$(BIN)/ruff check medlora tests examples benchmarks

@@ -8,6 +8,7 @@ conversational records, completion-only loss, ``packing_strategy="bfd"``), timed
 
     python benchmarks/data_prep.py               # 50,000 records
     python benchmarks/data_prep.py --records 2000
+    python benchmarks/data_prep.py --smoke           # 200 records: checks the script runs
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def make_records(n: int) -> list[dict[str, Any]]:
-    from medlora.data._synthetic import generate_records
+    """``n`` raw synthetic records (the generator's dicts, as a user's JSONL would hold them)."""
+    from medlora import ClinicalDataset
 
     out: list[dict[str, Any]] = []
     seed = 1
     while len(out) < n:
-        out.extend(generate_records(seed=seed, n_per_task=250))
+        out.extend(dict(r.source) for r in ClinicalDataset.synthetic(seed=seed, n_per_task=250))
         seed += 1
     return out[:n]
 
@@ -97,11 +99,14 @@ def bench_trl(
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--max-len", type=int, default=1024)
-    opts = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="200 records: checks the script runs")
+    opts = parser.parse_args(argv)
+    if opts.smoke:
+        opts.records = 200
 
     from transformers import AutoTokenizer
 

@@ -8,18 +8,18 @@ Steps, each in its own child process (wall time; peak RSS from ``RUSAGE_CHILDREN
 one-child wrapper, so each figure is that step's own high-water mark):
 
 - medlora: merge the adapter into the base and write fp16 safetensors + tokenizer
-  (``merged``; the exporter's streaming merge, ``write_merged_weights``), ``write_gguf`` F16
-  and Q8_0 from the merged directory, ``quantize_gguf`` Q4_K_M from the F16 file.
-- ``--peft-merge``: also the previous in-memory merge (float32 model, peft
-  ``merge_and_unload``, ``save_pretrained``), for a before/after on the same machine.
-- ``--parity``: also the exporter's whole merge step: trained-model reference logits (4-bit
-  base + adapter) on the 24 probes, then both strategies written and measured from disk.
+  (``merged``; the exporter's streaming merge, ``medlora.export.merge_adapter``),
+  ``write_gguf`` F16 and Q8_0 from the merged directory, ``quantize_gguf`` Q4_K_M from the
+  F16 file.
+- ``--peft-merge``: also the in-memory merge (float32 model, peft ``merge_and_unload``,
+  ``save_pretrained``), for a before/after on the same machine.
 - llama.cpp: ``convert_hf_to_gguf.py`` (from the llama-cpp-python sdist) F16 and Q8_0 from the
   same merged directory, ``llama_model_quantize`` Q4_K_M from its F16 file.
 
     python benchmarks/export_speed.py --sdist /tmp/lcp-sdist/llama_cpp_python-0.3.36
     python benchmarks/export_speed.py --layers 2 ...      # quick check at reduced depth
-    python benchmarks/export_speed.py --merge-only --peft-merge --parity   # merge steps only
+    python benchmarks/export_speed.py --merge-only --peft-merge   # merge steps only
+    python benchmarks/export_speed.py --smoke --sdist ...  # the tiny model: checks it runs
 """
 
 from __future__ import annotations
@@ -74,9 +74,15 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
-def build(cache: Path, layers: int, shared: Path) -> tuple[Path, Path]:
-    """The TinyLlama-shaped base and a random LoRA adapter, made once."""
-    base, adapter = cache / f"tinyllama-{layers}l", cache / f"adapter-{layers}l"
+def build(cache: Path, layers: int, shared: Path, *, tiny: bool = False) -> tuple[Path, Path]:
+    """The TinyLlama-shaped base (``tiny``: the 2-layer test model) and a random LoRA adapter,
+    made once."""
+    name = "tiny" if tiny else f"tinyllama-{layers}l"
+    base, adapter = cache / name, cache / f"adapter-{name}"
+    if tiny and not (base / "config.json").is_file():
+        from medlora.testing import make_tiny_llama
+
+        make_tiny_llama(base, seed=0)
     if not (base / "config.json").is_file():
         from medlora.testing import make_tinyllama_shaped, tokenizer_from_gguf_vocab
 
@@ -96,7 +102,7 @@ def build(cache: Path, layers: int, shared: Path) -> tuple[Path, Path]:
     return base, adapter
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/medlora-bench-export"))
@@ -105,15 +111,17 @@ def main() -> None:
         "--merge-only", action="store_true", help="only the merge steps (no GGUF, no llama.cpp)"
     )
     parser.add_argument("--peft-merge", action="store_true", help="also the in-memory merge")
-    parser.add_argument("--parity", action="store_true", help="also merge + parity (4-bit)")
     parser.add_argument("--shared", type=Path, default=Path(__file__).parents[2] / "shared")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="the 2-layer tiny test model: checks the script runs"
+    )
+    args = parser.parse_args(argv)
     if args.sdist is None and not args.merge_only:
         parser.error("--sdist is required unless --merge-only")
     cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
-    base, adapter = build(cache, args.layers, args.shared)
+    base, adapter = build(cache, args.layers, args.shared, tiny=args.smoke)
     out = cache / "out"
     out.mkdir(exist_ok=True)
     merged = out / "merged"
@@ -123,54 +131,24 @@ def main() -> None:
     if args.peft_merge:
         steps["medlora merged HF (fp16), in-memory peft merge (before)"] = measure(
             py(f"""
-            import shutil, torch
-            from pathlib import Path
-            from medlora._hub import copy_tokenizer_files
-            from medlora.export._merge import merged_model
-            m = merged_model(Path({str(base)!r}), Path({str(adapter)!r}), strategy="original",
-                             quant=None)
-            m.to(torch.float16).save_pretrained({str(out / "merged-peft")!r}, max_shard_size="2GB")
-            copy_tokenizer_files(Path({str(base)!r}), Path({str(out / "merged-peft")!r}))
+            import torch
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            base = AutoModelForCausalLM.from_pretrained({str(base)!r}, dtype=torch.float32)
+            m = PeftModel.from_pretrained(base, {str(adapter)!r}).merge_and_unload()
+            dst = {str(out / "merged-peft")!r}
+            m.to(torch.float16).save_pretrained(dst, max_shard_size="2GB")
+            AutoTokenizer.from_pretrained({str(base)!r}).save_pretrained(dst)
             """)
         )
     steps["medlora merged HF (fp16), streamed"] = measure(
         py(f"""
         import shutil
-        from pathlib import Path
-        from medlora._hub import copy_tokenizer_files
-        from medlora.export._merge import write_merged_weights
+        from medlora.export import merge_adapter
         shutil.rmtree({str(merged)!r}, ignore_errors=True)
-        write_merged_weights(Path({str(base)!r}), Path({str(adapter)!r}), Path({str(merged)!r}),
-                             strategy="original", quant=None, dtype="float16")
-        copy_tokenizer_files(Path({str(base)!r}), Path({str(merged)!r}))
+        merge_adapter({str(base)!r}, {str(adapter)!r}, {str(merged)!r}, dtype="float16")
         """)
     )
-    if args.parity:
-        steps["medlora merge + parity (4-bit reference, 2 strategies)"] = measure(
-            py(f"""
-            import shutil
-            from pathlib import Path
-            from medlora import AdapterExporter, ExportConfig
-            from medlora._hub import load_tokenizer
-            from medlora.export._merge import load_trained, release_memory
-            from medlora.export._parity import hf_logits, probe_ids
-            from medlora.training import QuantizationConfig
-            base, adapter, quant = Path({str(base)!r}), Path({str(adapter)!r}), QuantizationConfig()
-            tokenizer = load_tokenizer(base)
-            ids = probe_ids(tokenizer)
-            def peak(): return open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
-            reference = hf_logits(load_trained(base, adapter, quant), ids)
-            release_memory()
-            print("DETAIL peak RSS after the 4-bit reference:", int(peak()) / 1e6, "GB")
-            dst = Path({str(out / "parity")!r}) / "merged"
-            shutil.rmtree(dst.parent, ignore_errors=True)
-            dst.parent.mkdir()
-            exporter = AdapterExporter(dst.parent, ExportConfig())
-            strategy, logits, measured = exporter._merge(base, adapter, quant, ids, reference, dst,
-                                                         tokenizer)
-            print("DETAIL positions", sum(len(s) for s in ids), "kept", strategy, measured)
-            """)
-        )
     if args.merge_only:
         report(args, steps, out, sum(p.stat().st_size for p in merged.glob("*.safetensors")))
         return
@@ -228,7 +206,9 @@ def report(
         f"{platform.system()} {platform.release()}; python {platform.python_version()}"
     )
     what = "fp16 safetensors" if args.merge_only else "F16 GGUF"
-    print(f"model: TinyLlama-shaped, {args.layers} layers; {what} {f16_gb:.2f} GB")
+    model = f"TinyLlama-shaped, {args.layers} layers"
+    model = "the tiny test model, 2 layers" if args.smoke else model
+    print(f"model: {model}; {what} {f16_gb:.2f} GB")
     print(f"{'step':58} {'wall s':>8} {'peak RSS GB':>12} {'x F16':>6}")
     for name, row in steps.items():
         ratio = row["peak_rss_gb"] / f16_gb

@@ -6,6 +6,7 @@ latency percentiles, completion tokens/s and errors, with the machine it ran on.
 
     python benchmarks/serve_throughput.py exports/clinical/gguf/clinical-Q4_K_M.gguf
     python benchmarks/serve_throughput.py model.gguf --clients 8 --requests 50 --max-tokens 4
+    python benchmarks/serve_throughput.py --smoke   # the tiny model's F16 GGUF, 2 x 3 requests
 
 llama.cpp runs on the CPU here whatever the machine has; vLLM's GPU serving is not measured
 by this script.
@@ -21,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -44,14 +46,35 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
         return reply
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("gguf", type=Path)
+    parser.add_argument("gguf", type=Path, nargs="?", help="the GGUF file to serve")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=50, help="per client")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="the tiny model's F16 GGUF, 2 clients x 3 requests"
+    )
+    args = parser.parse_args(argv)
+    if not args.smoke:
+        if args.gguf is None:
+            parser.error("a GGUF file is required (or --smoke)")
+        bench(args)
+        return
+    from medlora.export import write_gguf
+    from medlora.testing import make_tiny_llama
+
+    args.clients, args.requests, args.threads = 2, 3, args.threads or 1
+    with tempfile.TemporaryDirectory() as work:
+        model = make_tiny_llama(Path(work) / "tiny", seed=0)
+        args.gguf = Path(work) / "tiny-F16.gguf"
+        write_gguf(model, args.gguf, outtype="F16")
+        bench(args)
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Serve ``args.gguf``, run the clients, print the figures."""
     port = _port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "medlora.cli", "serve", str(args.gguf), "--port", str(port)]

@@ -18,6 +18,7 @@ activation gradients 2N; the frozen base gets no weight gradients) and with the 
 
     python benchmarks/train_throughput.py                                   # GPU, full size
     python benchmarks/train_throughput.py --layers 2 --seq-len 256 --batch 2 --steps 5  # CPU
+    python benchmarks/train_throughput.py --smoke         # tiny model: checks the script runs
 """
 
 from __future__ import annotations
@@ -269,12 +270,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpointing", choices=("on", "off"), default="off")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--model-dir", help="an existing model directory (else one is built)")
-    parser.add_argument("--tiny", action="store_true", help="the tiny test model (smoke runs)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test model")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the tiny model, seq 64, batch 2, 3 steps (1 untimed): checks the script runs",
+    )
     parser.add_argument("--out", help="also write throughput.json and throughput.md here")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.tiny, args.seq_len, args.batch, args.steps, args.warmup = True, 64, 2, 3, 1
     if args.variant:  # child process: one variant, JSON on the last line
         print(json.dumps(_run_variant(args)))
         return

@@ -118,49 +118,16 @@ def mark_llama_cpp_compatible(directory: Path) -> None:
 
 def copy_tokenizer_files(src: Path, dst: Path, tokenizer: Any = None) -> None:
     """Copy the tokenizer files of ``src`` into ``dst``, marked as in training, with the chat
-    template training used written as servers need it (:func:`write_served_chat_template`;
-    ``tokenizer``, the one loaded from ``src``, saves loading it again)."""
+    template training used written as servers need it
+    (:func:`medlora._template.write_served_chat_template`; ``tokenizer``, the one loaded from
+    ``src``, saves loading it again)."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     mark_llama_cpp_compatible(dst)
-    write_served_chat_template(dst, tokenizer)
+    from medlora._template import write_served_chat_template
 
-
-def write_served_chat_template(directory: Path, tokenizer: Any = None) -> None:
-    """Make ``directory``'s chat template the one training rendered, as servers must render it.
-
-    The template is the directory's own (``chat_template.jinja``, or a string under
-    ``chat_template`` in ``tokenizer_config.json``) or, when it has none, the Zephyr default
-    that medlora trains with, so vLLM and llama.cpp never fall back to another format. It gains
-    ``{{ bos_token }}`` first only when the tokenizer adds BOS on encode and the template's
-    rendering does not begin with it (:func:`medlora._template.served_chat_template`): a
-    ChatML template whose tokenizer adds no BOS (SmolLM2) is written unchanged. Token ids in
-    training are unchanged either way.
-
-    Args:
-        directory: A tokenizer directory (its files are read, and the template rewritten).
-        tokenizer: The tokenizer loaded from these files; loaded from ``directory`` if None.
-    """
-    from medlora._template import ZEPHYR_CHAT_TEMPLATE, served_chat_template
-
-    config_path = directory / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    jinja = directory / "chat_template.jinja"
-    inline = config.get("chat_template")
-    if inline is not None and not isinstance(inline, str):
-        return  # a list of named templates: the user's, left as is
-    tokenizer = load_tokenizer(directory) if tokenizer is None else tokenizer
-    if isinstance(inline, str) and inline:
-        config["chat_template"] = served_chat_template(tokenizer, inline)
-        write_json(config_path, config)
-        if jinja.is_file():
-            jinja.unlink()  # one template, in one place
-        return
-    source = jinja.read_text(encoding="utf-8") if jinja.is_file() else ZEPHYR_CHAT_TEMPLATE
-    served = served_chat_template(tokenizer, source)
-    if served != source or not jinja.is_file():
-        jinja.write_text(served, encoding="utf-8")
+    write_served_chat_template(dst, load_tokenizer(dst) if tokenizer is None else tokenizer)
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -213,3 +180,18 @@ def read_without_mmap() -> Iterator[None]:
         yield
     finally:
         modeling_utils.safe_open = original
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter names in its ``adapter_config.json``."""
+    config_path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} cannot be read: {exc}") from exc
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(
+            f"{config_path} names no base_model_name_or_path; pass base=... to medlora.load"
+        )
+    return base

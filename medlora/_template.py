@@ -1,4 +1,6 @@
-"""Chat templates: the default (TinyLlama-1.1B-Chat's Zephyr format) and the BOS rule.
+"""Chat templates, in one place: the default (TinyLlama-1.1B-Chat's Zephyr format), the BOS
+rule, rendering a template without a tokenizer (a GGUF file's) and writing the served template
+into a tokenizer directory. ``medlora.data`` renders through these for training.
 
 Rendered: ``<s><|system|>\\n{sys}</s>\\n<|user|>\\n{msg}</s>\\n<|assistant|>\\n{reply}</s>\\n``.
 
@@ -18,6 +20,9 @@ from the served template (``medlora.data.tokenize_messages``).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 BOS_PREFIX = "{{ bos_token }}"
@@ -102,3 +107,59 @@ def strip_leading_bos(text: str, bos_token: str | None) -> str:
     if bos_token and text.startswith(bos_token):
         return text[len(bos_token) :]
     return text
+
+
+def render_template(
+    source: str,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    bos_token: str,
+    eos_token: str,
+    generation_prompt: bool = False,
+) -> str:
+    """Render a Jinja chat template without a Hugging Face tokenizer (a GGUF file's), in the
+    sandbox and with the whitespace settings transformers' ``apply_chat_template`` uses."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(source).render(
+        messages=[dict(m) for m in messages],
+        add_generation_prompt=generation_prompt,
+        eos_token=eos_token,
+        bos_token=bos_token,
+    )
+
+
+def write_served_chat_template(directory: Path, tokenizer: Any) -> None:
+    """Make ``directory``'s chat template the one training rendered, as servers must render it.
+
+    The template is the directory's own (``chat_template.jinja``, or a string under
+    ``chat_template`` in ``tokenizer_config.json``) or, when it has none, the Zephyr default
+    that medlora trains with, so vLLM and llama.cpp never fall back to another format. It gains
+    ``{{ bos_token }}`` first only when the tokenizer adds BOS on encode and the template's
+    rendering does not begin with it (:func:`served_chat_template`): a
+    ChatML template whose tokenizer adds no BOS (SmolLM2) is written unchanged. Token ids in
+    training are unchanged either way.
+
+    Args:
+        directory: A tokenizer directory (its files are read, and the template rewritten).
+        tokenizer: The tokenizer loaded from these files.
+    """
+    from medlora._io import write_json
+
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    jinja = directory / "chat_template.jinja"
+    inline = config.get("chat_template")
+    if inline is not None and not isinstance(inline, str):
+        return  # a list of named templates: the user's, left as is
+    if isinstance(inline, str) and inline:
+        config["chat_template"] = served_chat_template(tokenizer, inline)
+        write_json(config_path, config)
+        if jinja.is_file():
+            jinja.unlink()  # one template, in one place
+        return
+    source = jinja.read_text(encoding="utf-8") if jinja.is_file() else ZEPHYR_CHAT_TEMPLATE
+    served = served_chat_template(tokenizer, source)
+    if served != source or not jinja.is_file():
+        jinja.write_text(served, encoding="utf-8")

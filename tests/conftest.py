@@ -16,11 +16,44 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+HEAVY_FIXTURES = frozenset(
+    {
+        "tiny_model_dir",  # pre-trains the tiny model
+        "trained_run",
+        "exported",
+        "real_model_dir",
+        "sdist_dir",  # llama.cpp's converter and vocabularies
+        "llama3_tokenizers",
+        "tiny_llama3_dir",
+        "docs_env",  # docs pages and examples train and export
+    }
+)
+"""What ``--fast`` (``make test-fast``) leaves out: tests that pre-train, train on a model
+that must first be pre-trained, export, or need a real model or llama.cpp's sources."""
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="leave out tests that pre-train, train, export, build the site or need a real "
+        "model, and the slow, gpu and fault tiers (make test-fast)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--fast"):
+        fast_markers = ("slow", "real", "gpu", "faults", "heavy")
+        heavy = [
+            item
+            for item in items
+            if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or any(item.get_closest_marker(m) for m in fast_markers)
+        ]
+        if heavy:
+            config.hook.pytest_deselected(items=heavy)
+            items[:] = [item for item in items if item not in heavy]
     skip_slow = pytest.mark.skip(reason="slow test: pass --run-slow to run it")
     skip_real = pytest.mark.skip(
         reason="needs the real SmolLM2 model (downloaded once from the package registry): "
@@ -77,10 +110,15 @@ def real_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
     """A 2-layer, width-256 Llama with a 1,024-token SentencePiece tokenizer, pre-trained for
     60 steps on the user side of the embedded records (so its logits are not flat)."""
     from medlora.testing import make_tiny_llama
+
+    if request.config.getoption("--fast"):  # reached through getfixturevalue, not deselected
+        pytest.skip("pre-trains the tiny model: not in the fast tier (make test-fast)")
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0, pretrain_steps=60)
 
@@ -156,3 +194,84 @@ def tiny_llama3_dir(
     return make_tiny_llama3(
         tmp_path_factory.mktemp("tiny-llama3"), tokenizer_dir=llama3_tokenizers["meta"]
     )
+
+
+# --- Small training runs, shared by the training, export and fault tests --------------------
+
+SYMPTOMS = ("chest pain", "fever and cough", "headache", "ankle swelling", "breathlessness")
+
+
+def _small_records(n: int = 16, start: int = 0) -> list[dict[str, Any]]:
+    records = []
+    for i in range(start, start + n):
+        symptom = SYMPTOMS[i % len(SYMPTOMS)]
+        user = f"Patient {i} reports {symptom} for {i + 1} days. Summarise."
+        reply = f"{symptom.capitalize()} for {i + 1} days; examine and review in one week."
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+        )
+    return records
+
+
+class SmallRun:
+    """Helpers for small training runs: the ``small_run`` fixture."""
+
+    @staticmethod
+    def records(n: int = 16, start: int = 0) -> list[dict[str, Any]]:
+        """Short chats as raw records (JSON for child processes)."""
+        return _small_records(n, start)
+
+    @staticmethod
+    def data(n: int = 16, start: int = 0) -> Any:
+        """Short chats (about 55 tokens each with the tiny tokenizer) as a ClinicalDataset,
+        so steps are quick."""
+        from medlora import ClinicalDataset
+
+        return ClinicalDataset.from_records(_small_records(n, start))
+
+    @staticmethod
+    def config(model_dir: Path, out: Path, **changes: Any) -> Any:
+        """A run of tiny steps: 2 examples of <= 64 tokens per step, no held-out split."""
+        import attrs
+
+        from medlora import TrainingConfig
+
+        base = TrainingConfig(
+            model=str(model_dir),
+            output_dir=out,
+            max_steps=20,
+            micro_batch_size=2,
+            max_seq_len=64,
+            learning_rate=3e-3,
+            warmup_steps=1,
+            validation_fraction=0.0,
+            tensorboard=False,
+            plot=False,
+            seed=0,
+        )
+        return attrs.evolve(base, **changes)
+
+    @staticmethod
+    def adapter_weights(adapter_dir: Path) -> dict[str, Any]:
+        """The saved LoRA tensors by name."""
+        from safetensors.torch import load_file
+
+        return load_file(adapter_dir / "adapter_model.safetensors")
+
+    @staticmethod
+    def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+        """The largest absolute difference over same-named tensors."""
+        assert a.keys() == b.keys()
+        return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="session")
+def small_run() -> SmallRun:
+    """Helpers for small training runs (configs, data, adapter weights), shared by the
+    training, export and fault tests."""
+    return SmallRun()

@@ -1,10 +1,12 @@
-"""Benchmarks run at a smoke size, so they cannot rot unnoticed (the GPU run too, on CPU)."""
+"""Benchmarks run at a smoke size, so they cannot rot unnoticed (the GPU run too, on CPU), and
+use only medlora's public API, so a refactor of private modules cannot break them."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,81 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
+SMOKE_FLAGS = {"gpu_run": "--dry-run"}
+"""The flag that runs a script at its smoke size, where it is not ``--smoke``."""
+
+
+PRIVATE = re.compile(r"\b(?:medlora(?:\.\w+)*\._\w+|\w+\._[a-z]\w*|import _[a-z]\w*)")
+"""A medlora underscore module, or any underscore attribute or import, in code or in the code
+strings a script runs in child processes."""
+ALLOWED = {"SFTTrainer._prepare_dataset", "trainer._prepare_dataset", "utils._python_dispatch"}
+"""TRL's dataset preparation (the step data_prep.py times) and torch's dispatch mode (the
+operator census gpu_run.py takes): other libraries' internals that are what is measured."""
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_benchmark_uses_the_public_api_and_has_a_smoke_size(script: Path) -> None:
+    """No underscore module or attribute of medlora (TRL's ``_prepare_dataset``, the step
+    data_prep.py times, is allowed by name), and a smoke flag that this file runs."""
+    source = script.read_text()
+    assert [m for m in PRIVATE.findall(source) if m not in ALLOWED] == []
+    flag = SMOKE_FLAGS.get(script.stem, "--smoke")
+    assert f'"{flag}"' in source
+    runs = (f'_run("{script.stem}"', f'_script("{script.stem}")', f'"{script.stem}.py"')
+    assert any(run in Path(__file__).read_text() for run in runs), "no test runs its smoke"
+
+
+def _run(script: str, *args: str, timeout: int = 600) -> str:
+    """Run ``benchmarks/<script>.py`` with ``args`` in a child process; its stdout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow  # ~15 s on 2 shared cores
+def test_data_prep_smoke() -> None:
+    """200 records through medlora's and TRL's preparation; both lines and the ratio print."""
+    out = _run("data_prep", "--smoke")
+    assert "200 records" in out
+    assert "medlora: {" in out and "trl:     {" in out
+    assert "x records/s" in out
+
+
+@pytest.mark.slow  # ~17 s: builds the tiny model and its GGUF, starts a server
+def test_serve_throughput_smoke() -> None:
+    """2 clients x 3 requests against ``medlora serve`` on the tiny model's F16 GGUF."""
+    out = _run("serve_throughput", "--smoke")
+    assert "requests ok 6, errors 0" in out
+    assert "req/s" in out and "latency p50" in out
+
+
+@pytest.mark.slow  # ~55 s: four trainer processes (TRL and medlora, padded and packed)
+def test_train_throughput_smoke(tmp_path: Path) -> None:
+    """3 steps of each variant on the tiny model; the table has a row per variant."""
+    out = _run("train_throughput", "--smoke", "--out", str(tmp_path))
+    table = (tmp_path / "throughput.md").read_text()
+    assert table.strip() in out
+    for variant in ("trl", "medlora", "trl-packed", "medlora-packed"):
+        assert f"| {variant} |" in table
+
+
+@pytest.mark.slow  # ~60 s: merges, converts and quantizes the tiny model both ways
+def test_export_speed_smoke(tmp_path: Path, sdist_dir: Path) -> None:
+    """Every step of the export benchmark on the tiny model, llama.cpp's converter included."""
+    args = ["--smoke", "--peft-merge", "--sdist", str(sdist_dir), "--cache", str(tmp_path)]
+    out = _run("export_speed", *args, "--threads", "1")
+    for step in ("streamed", "in-memory peft merge", "GGUF Q4_K_M", "convert_hf_to_gguf.py F16"):
+        assert step in out
+    assert "all medlora files written: True" in out
 
 
 def _script(name: str) -> ModuleType:
@@ -85,17 +162,7 @@ def test_gpu_run_dry_run_writes_every_figure(tmp_path: Path) -> None:
 def test_gguf_fidelity_smoke() -> None:
     """The whole benchmark on the in-process tiny model: F16 and Q4_K_M with and without
     an importance matrix, scored on held-out replies, printed as a table."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/gguf_fidelity.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = _run("gguf_fidelity", "--smoke", timeout=900)
     header = "| type | imatrix | MB | synthetic top-1 | synthetic KL | synthetic ppl ratio |"
     assert header in out
     for row in ("| F16 |  |", "| Q4_K_M | no |", "| Q4_K_M | yes |"):

@@ -12,6 +12,7 @@ import pytest
 from medlora.cli import main
 
 
+@pytest.mark.heavy
 def test_quickstart_runs_the_whole_chain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

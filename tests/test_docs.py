@@ -131,6 +131,7 @@ def test_page_python_blocks_run(page: Path, docs_env: Path) -> None:
         exec(compile(source, str(page), "exec"), namespace)
 
 
+@pytest.mark.heavy  # ~8-12 s on 2 shared cores
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     for module in ("mkdocs", "mkdocstrings", "material", "griffe_fieldz"):
         if importlib.util.find_spec(module) is None:
@@ -147,6 +148,33 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "reference" / "api" / "index.html").is_file()
+    cli_page = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    assert all(f"medlora {name}" in cli_page for name in ("train", "export", "serve", "eval"))
+    examples = (tmp_path / "site" / "examples" / "index.html").read_text()
+    assert "--8&lt;--" not in examples and "AdapterExporter" in examples  # scripts included
+
+
+def test_cli_reference_is_the_parsers_help() -> None:
+    """The CLI page is generated at build time (hooks/cli_reference.py) from the parser: every
+    subcommand has a section holding its own ``--help`` text, so the page cannot drift."""
+    import argparse
+
+    from medlora.cli import build_parser
+
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "hooks/cli_reference.py")
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = hook.cli_markdown()
+    subcommands = hook.subcommands(build_parser())
+    names = [name for name, _, _ in subcommands]
+    assert names == ["quickstart", "train", "export", "serve", "eval"]
+    for name, summary, parser in subcommands:
+        assert f"## medlora {name}\n" in page and summary
+        for action in parser._actions:
+            for option in action.option_strings:
+                assert option in page, f"medlora {name} {option} is missing"
+        assert isinstance(parser, argparse.ArgumentParser)
 
 
 def test_example_config_loads() -> None:
@@ -196,6 +224,8 @@ def test_skip_marker_is_used_on_real_models_only() -> None:
         for language, start, code, skipped in code_blocks(page):
             if skipped:
                 assert language in ("python", "py"), f"{page}:{start}: skip marker on {language}"
+                if code.startswith('--8<-- "examples/'):
+                    continue  # an example script shown whole; test_example_script_runs runs it
                 assert re.search(r"tinyllama|cuda|vllm", code, re.IGNORECASE), (
                     f"{page}:{start}: skipped block runs nothing that needs skipping; run it"
                 )

@@ -27,16 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from crash_helpers import COMPLETE as COMPLETE_MARKER
 from crash_helpers import assert_readable_by_another_user, leftovers
 
 from medlora.training._checkpoint import checkpoint_dirs
-
-sys.path.insert(0, str(Path(__file__).parent / "training"))
-from test_loop import small_config  # the loop tests' run of tiny steps
 
 pytestmark = pytest.mark.faults
 
@@ -74,6 +71,9 @@ for line in sys.stdin:
     reply.write(json.dumps({"rc": rc}) + "\n")
     reply.flush()
 """
+
+if TYPE_CHECKING:
+    from conftest import SmallRun
 
 
 def child_env(fault: str | None) -> dict[str, str]:
@@ -134,13 +134,17 @@ def short_records(n: int = 12) -> str:
 
 
 @pytest.fixture(scope="module")
-def configs(tmp_path_factory: pytest.TempPathFactory, random_model_dir: Path) -> Any:
+def configs(
+    small_run: SmallRun,
+    tmp_path_factory: pytest.TempPathFactory,
+    random_model_dir: Path,
+) -> Any:
     """Writes config files; ``train_config(out)`` and ``export_config`` are their paths."""
     from medlora import ExportConfig
 
     root = tmp_path_factory.mktemp("fault-configs")
     (root / "data.jsonl").write_text(short_records())
-    base = small_config(
+    base = small_run.config(
         random_model_dir,
         root / "unused",
         data=str(root / "data.jsonl"),
@@ -392,7 +396,7 @@ class FillAfterStep:
 def test_full_disk_during_a_checkpoint_is_a_training_error(
     small_disk: Callable[[int], Path], configs: Any, reference_run: Path
 ) -> None:
-    """Issue 12, problem 3: a raw ``OSError: [Errno 28]`` traceback before."""
+    """A full disk during training: a raw ``OSError: [Errno 28]`` traceback before."""
     import attrs
 
     from medlora import QLoRATrainer, TrainingError
@@ -419,7 +423,8 @@ def test_full_disk_during_a_checkpoint_is_a_training_error(
 def test_full_disk_during_an_export_is_an_export_error(
     small_disk: Callable[[int], Path], reference_run: Path
 ) -> None:
-    """Issue 12, problem 3: '0.0 GB' from the pre-check, a raw traceback mid-write."""
+    """A full disk during export: '0.0 GB' from the pre-check, a raw traceback mid-write
+    before."""
     from medlora import AdapterExporter, ExportConfig, ExportError
 
     tiny = small_disk(4_000_000)  # the pre-check refuses before writing anything

@@ -63,7 +63,7 @@ def test_a_failed_write_leaves_the_previous_directory(tmp_path: Path) -> None:
 def test_missing_directory_is_restored_from_the_newest_complete_leftover(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 12, problem 1: killed between the two renames of the fallback swap, the previous
+    """Killed between the two renames of the fallback swap, the previous
     directory is ``.adapter.PID.TOKEN.old`` and the new one a complete ``.partial``; medlora
     used to refuse the run. The newest complete one comes back, with one line said."""
     old = leftover(tmp_path, "adapter", "old", content="previous")
@@ -92,7 +92,7 @@ def test_incomplete_leftovers_are_never_restored(tmp_path: Path) -> None:
 
 
 def test_clean_up_touches_only_what_medlora_made_and_nothing_live(tmp_path: Path) -> None:
-    """Issue 12, problem 2: leftovers of dead writers go; live writers' and foreign ones stay."""
+    """Leftovers of dead writers go; live writers' and foreign ones stay."""
     (tmp_path / "adapter").mkdir()
     dead = [
         leftover(tmp_path, "adapter", "partial", complete=False),
@@ -122,7 +122,7 @@ def test_own_pid_leftovers_of_an_earlier_process_are_cleaned(tmp_path: Path) -> 
 
 
 def test_new_files_and_directories_follow_the_umask(tmp_path: Path) -> None:
-    """Issue 12, problem 4: mkdtemp/mkstemp and safetensors' save_file made 0700/0600."""
+    """Before, mkdtemp/mkstemp and safetensors' save_file made 0700/0600."""
     from safetensors.numpy import save_file
 
     np = pytest.importorskip("numpy")

@@ -12,6 +12,7 @@ from medlora.data._records import KINDS
 from medlora.data._tokenize import (
     IGNORE_INDEX,
     TokenizedExample,
+    encode_chat,
     render,
     tokenize_batch,
     tokenize_messages,
@@ -36,6 +37,7 @@ __all__ = [
     "TokenizedExample",
     "collate",
     "collate_packed",
+    "encode_chat",
     "find_phi",
     "pack_examples",
     "redact_text",

@@ -23,6 +23,7 @@ from medlora._io import (
 )
 from medlora._template import chat_template_of
 from medlora._versions import library_versions
+from medlora._vllm import adapter_problems, merged_problems
 from medlora.data import ClinicalDataset, stop_token_ids, stop_tokens
 from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
@@ -40,7 +41,6 @@ from medlora.export._parity import (
     probe_ids,
     reference_replies,
 )
-from medlora.export._vllm import adapter_problems, merged_problems
 from medlora.training import QuantizationConfig, TrainingResult
 
 

@@ -8,13 +8,12 @@ K-quants. Both write beside the target under a temporary name and rename only on
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import difflib
 import functools
 import json
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from medlora._errors import ConfigError, ExportError
 from medlora._io import atomic_path
 from medlora._optional import require
+from medlora._safetensors import StoredTensor, stored_tensors
 from medlora.export._gguf_rope import ROPE_FREQS_TENSOR, Rope, add_rope_keys, read_rope, rope_freqs
 from medlora.export._gguf_vocab import GGUFVocab, add_vocab, gguf_tokenizer_report, load_vocab
 
@@ -97,7 +97,7 @@ def write_gguf(
     rope = read_rope(config)
     n_layers = int(config["num_hidden_layers"])
 
-    with _safetensors(model_dir) as handles:
+    with stored_tensors(model_dir) as handles:
         plans = _plan(
             handles, config, qtype, gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
         )
@@ -175,8 +175,8 @@ def quantize_gguf(
     if not src.is_file():
         raise ExportError(f"{src} does not exist; write it first with write_gguf()")
     llama_cpp = require("llama_cpp", "GGUF quantization")
+    from medlora._llama_cpp import captured_stderr, llama_cpp_log_lines
     from medlora.export._imatrix import check_imatrix_log, quantize_extras
-    from medlora.export._llama_cpp import captured_stderr, llama_cpp_log_lines
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
@@ -329,7 +329,7 @@ def _add_hparams(
 
 
 def _plan(
-    handles: Mapping[str, _Stored], config: Mapping[str, Any], qtype: str, name_map: Any
+    handles: Mapping[str, StoredTensor], config: Mapping[str, Any], qtype: str, name_map: Any
 ) -> list[_TensorPlan]:
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -357,7 +357,7 @@ def _tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> str:
     return qtype
 
 
-def _convert(handle: _Stored, plan: _TensorPlan, gguf: Any, scratch: bytearray) -> Any:
+def _convert(handle: StoredTensor, plan: _TensorPlan, gguf: Any, scratch: bytearray) -> Any:
     # F16 -> F16 and F32 -> F32 keep the stored array: the float32 round trip is exact but
     # cost 70% of an F16 export's time (measured 8.7 of 12.1 s on the 1.1B model).
     as_stored = plan.qtype == handle.dtype and plan.qtype in ("F16", "F32")
@@ -370,92 +370,6 @@ def _convert(handle: _Stored, plan: _TensorPlan, gguf: Any, scratch: bytearray) 
             .reshape(data.shape)
         )
     return gguf.quants.quantize(data, gguf.GGMLQuantizationType[plan.qtype])
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """Where one tensor lies in a safetensors file (read with plain file reads, not mmap)."""
-
-    path: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    """Absolute byte offset of the data in the file."""
-
-    def read_array(self, buffer: bytearray | None = None) -> Any:
-        """The tensor in its stored dtype (BF16 as raw ``uint16``), in anonymous memory: a
-        memory map would keep every page read so far resident until the file closes
-        (measured: ~1 extra copy of the model in RSS on a 1.1B export).
-
-        With ``buffer`` the array is a view into it, valid until the buffer is reused.
-        """
-        numpy = require("numpy", "GGUF export")
-        source = {"F32": numpy.float32, "F16": numpy.float16, "BF16": numpy.uint16}
-        if self.dtype not in source:
-            raise ExportError(f"{self.path}: tensor dtype {self.dtype} is not F32, F16 or BF16")
-        dtype, count = numpy.dtype(source[self.dtype]), _numel(self.shape)
-        with open(self.path, "rb") as file:
-            file.seek(self.start)
-            if buffer is None:
-                data = numpy.fromfile(file, dtype=dtype, count=count)
-            else:
-                view = memoryview(buffer)[: count * dtype.itemsize]
-                if file.readinto(view) != len(view):
-                    raise ExportError(f"{self.path}: file ends inside a tensor")
-                data = numpy.frombuffer(view, dtype=dtype, count=count)
-        return data.reshape(self.shape)
-
-    def read_f32(self) -> Any:
-        """The tensor as a float32 array (see :meth:`read_array`)."""
-        numpy = require("numpy", "GGUF export")
-        data = self.read_array()
-        if self.dtype == "BF16":  # bf16 is the top half of a float32
-            return (data.astype(numpy.uint32) << 16).view(numpy.float32)
-        return data.astype(numpy.float32, copy=False)
-
-
-def _read_safetensors_header(path: Path) -> dict[str, _Stored]:
-    try:
-        with open(path, "rb") as file:
-            size = int.from_bytes(file.read(8), "little")
-            header: dict[str, Any] = json.loads(file.read(size))
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{path} is not a readable safetensors file: {exc}") from exc
-    header.pop("__metadata__", None)
-    return {
-        name: _Stored(
-            path, str(info["dtype"]), tuple(info["shape"]), 8 + size + info["data_offsets"][0]
-        )
-        for name, info in header.items()
-    }
-
-
-@contextlib.contextmanager
-def _safetensors(model_dir: Path) -> Iterator[dict[str, _Stored]]:
-    """Index every tensor of the model's safetensors file(s): {tensor name: where it lies}."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (model_dir / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise ExportError(
-            f"{model_dir} has no model.safetensors; save the model with "
-            "save_pretrained(..., safe_serialization=True)"
-        )
-    stored: dict[str, _Stored] = {}
-    for file in files:
-        stored.update(_read_safetensors_header(model_dir / file))
-    yield dict(sorted(stored.items()))
-
-
-@contextlib.contextmanager
-def _safetensors_file(path: Path) -> Iterator[Any]:
-    """One safetensors file opened lazily (torch tensors)."""
-    safetensors = require("safetensors", "GGUF export")
-    with safetensors.safe_open(str(path), framework="pt") as handle:
-        yield handle
 
 
 def _fast_write(array: Any) -> Any:

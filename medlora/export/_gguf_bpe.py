@@ -28,13 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from medlora._errors import ExportError
+from medlora._pretokenize import LLAMA3_SPLIT, QWEN2_SPLIT
 
 # The split patterns as they appear in the families' tokenizer.json files.
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 _SPLITS = {LLAMA3_SPLIT: "Split(llama3)", QWEN2_SPLIT: "Split(qwen2)"}
 
 # (pre-tokenizer steps, ignore_merges) -> llama.cpp's tokenizer.ggml.pre
@@ -175,7 +171,7 @@ def check_tokenization(
         ExportError: The first line whose ids differ, with the position, both tokens and
             how many lines differ in all.
     """
-    from medlora.export._llama_cpp import captured_stderr, open_gguf
+    from medlora._llama_cpp import captured_stderr, open_gguf
 
     rows = list(texts) if texts is not None else check_corpus()
     llm = open_gguf(gguf_path, n_ctx=64, vocab_only=True)

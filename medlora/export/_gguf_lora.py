@@ -22,11 +22,8 @@ from typing import Any
 from medlora._errors import ExportError
 from medlora._io import atomic_path
 from medlora._optional import require
-from medlora.export._gguf import (
-    _check_metadata,
-    _read_llama_config,
-    _safetensors_file,
-)
+from medlora._safetensors import open_lazily
+from medlora.export._gguf import _check_metadata, _read_llama_config
 
 __all__ = ["write_lora_gguf"]
 
@@ -75,7 +72,7 @@ def write_lora_gguf(
     extra = _check_metadata(metadata or {})
 
     pairs: dict[str, dict[str, Any]] = {}
-    with _safetensors_file(adapter_dir / "adapter_model.safetensors") as handle:
+    with open_lazily(adapter_dir / "adapter_model.safetensors") as handle:
         for key in sorted(handle.keys()):
             part = "a" if ".lora_A." in key else "b" if ".lora_B." in key else None
             if part is None:

@@ -11,8 +11,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from medlora.training import QuantizationConfig
-from medlora.training._model import load_base_model
+from medlora._optional import require
+from medlora.training import QuantizationConfig, load_base_model
 
 
 def load_trained(base_dir: Path, adapter_dir: Path, quant: QuantizationConfig | None) -> Any:
@@ -38,13 +38,30 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+NF4_BLOCKSIZE = 64
+"""Weights per 4-bit quantization block as training's base holds them: bitsandbytes'
+``Params4bit`` default, which transformers' 4-bit loading uses (checked against a loaded
+weight's ``quant_state.blocksize`` by the tests)."""
+
+
+def nf4_roundtrip(weight: Any, quant: QuantizationConfig) -> Any:
+    """dequant(quant(W)) for one weight, as training's 4-bit base stores it."""
+    bnbf = require("bitsandbytes.functional", "the nf4-roundtrip merge")
+    packed, state = bnbf.quantize_4bit(
+        weight.contiguous(),
+        blocksize=NF4_BLOCKSIZE,
+        compress_statistics=quant.double_quant,
+        quant_type=quant.quant_type,
+    )
+    return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+
+
 def nf4_roundtrip_(model: Any, quant: QuantizationConfig) -> int:
     """Replace every linear weight that training held in 4-bit by dequant(quant(W)), in place.
 
     Returns the number of weights replaced. The language-model head stays as is, as it does in
     4-bit loading.
     """
-    import bitsandbytes.functional as bnbf
     import torch
 
     count = 0
@@ -52,14 +69,7 @@ def nf4_roundtrip_(model: Any, quant: QuantizationConfig) -> int:
         for name, module in model.named_modules():
             if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
                 continue
-            weight = module.weight.data
-            packed, state = bnbf.quantize_4bit(
-                weight.contiguous(),
-                blocksize=64,
-                compress_statistics=quant.double_quant,
-                quant_type=quant.quant_type,
-            )
-            module.weight.data = bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+            module.weight.data = nf4_roundtrip(module.weight.data, quant)
             count += 1
     return count
 
@@ -112,6 +122,36 @@ def write_merged_weights(
     del model
     gc.collect()
     return "peft"
+
+
+def merge_adapter(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    strategy: str = "original",
+    quant: QuantizationConfig | None = None,
+    dtype: str = "float16",
+) -> Path:
+    """Merge a peft LoRA adapter into its base and write a Hugging Face directory.
+
+    The merge the exporter writes (``merged/``), without training's measurements: weights
+    streamed tensor by tensor (peak memory about one float32 matrix), ``config.json`` and the
+    base's tokenizer files. ``strategy`` is ``"original"`` or ``"nf4-roundtrip"`` (merge into
+    the 4-bit round trip of the base, quantized as ``quant`` says).
+
+    Returns:
+        ``out_dir``, created if missing.
+    """
+    from medlora._hub import copy_tokenizer_files
+
+    base, out = Path(base_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_merged_weights(
+        base, Path(adapter_dir), out, strategy=strategy, quant=quant, dtype=dtype
+    )
+    copy_tokenizer_files(base, out)
+    return out
 
 
 UPCAST_CHUNK_BYTES = 16 * 2**20

@@ -52,7 +52,7 @@ def probe_conversations(n: int = 24) -> list[list[dict[str, str]]]:
 def probe_ids(tokenizer: Any, n: int = 24) -> list[list[int]]:
     """Token ids of each probe rendered with the served chat template and a generation
     prompt, as training and servers build them."""
-    from medlora.data._tokenize import encode_chat
+    from medlora.data import encode_chat
 
     return [encode_chat(tokenizer, c, generation_prompt=True) for c in probe_conversations(n)]
 
@@ -88,7 +88,7 @@ def llama_cpp_logits(
     import numpy as np
     import torch
 
-    from medlora.export._llama_cpp import open_gguf
+    from medlora._llama_cpp import open_gguf
 
     longest = max(len(s) for s in ids)
     llm = open_gguf(path, n_ctx=max(64, longest + 8), logits_all=True)
@@ -286,7 +286,7 @@ def tokenization_report(path: Path, tokenizer: Any, texts: Sequence[str]) -> dic
         ``matching``/``total`` texts, token counts on each side, and up to 8 ``differences``
         (probe, first differing position, HF token, llama.cpp token).
     """
-    from medlora.export._llama_cpp import open_gguf
+    from medlora._llama_cpp import open_gguf
 
     llm = open_gguf(path, n_ctx=64, vocab_only=True)
     try:
@@ -331,7 +331,7 @@ def chat_path_report(
     """
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from medlora.export._llama_cpp import open_gguf
+    from medlora._llama_cpp import open_gguf
 
     n = len(expected)
     llm = open_gguf(path, n_ctx=64, vocab_only=True)
@@ -371,7 +371,7 @@ def reference_replies(
     """
     import torch
 
-    from medlora.data._tokenize import encode_chat
+    from medlora.data import encode_chat
 
     eos = tokenizer.eos_token_id
     device = next(p for p in model.parameters()).device
@@ -406,7 +406,7 @@ def generation_stops(
     quantized file whose greedy path leaves the reference's earlier (a near-tie) is counted
     under ``diverged``, which the top-1 agreement already measures.
     """
-    from medlora.export._llama_cpp import open_gguf
+    from medlora._llama_cpp import open_gguf
 
     llm = open_gguf(path, n_ctx=512 + max((r["tokens"] for r in replies), default=0) + slack)
     missed, same_text, diverged, stopped, lengths = [], 0, 0, 0, []

@@ -8,7 +8,7 @@ read resident), each LoRA-targeted weight becomes
     W' = base(W) + scaling * (B @ A)        # float32, one matrix at a time
 
 with base(W) = W (``original``) or dequant(NF4(W)) (``nf4-roundtrip``, the same bitsandbytes
-calls as :func:`medlora.export._merge.nf4_roundtrip_`), and is streamed into the output file
+calls as :func:`medlora.export._merge.nf4_roundtrip`), and is streamed into the output file
 whose header was written first. Peak memory: one tensor in float32 and its delta.
 
 The output is laid out like ``save_pretrained(..., safe_serialization=True,
@@ -20,6 +20,7 @@ layers, optional rsLoRA, rank patterns); :func:`unsupported_features` names what
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -29,16 +30,15 @@ from typing import Any
 import attrs
 
 from medlora._errors import ExportError
-from medlora._io import atomic_file, write_json
+from medlora._io import write_json
 from medlora._optional import require
-from medlora.export._gguf import _read_safetensors_header, _safetensors
+from medlora._safetensors import read_header, stored_tensors, write_safetensors
 from medlora.training import QuantizationConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MAX_SHARD_SIZE = "2GB"
 _PREFIX = "base_model.model."
-_SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 _UNSUPPORTED_FLAGS = ("use_dora", "lora_bias")
 _UNSUPPORTED_LISTS = ("modules_to_save", "alpha_pattern", "target_parameters")
 
@@ -61,7 +61,7 @@ def unsupported_features(adapter_dir: Path) -> list[str]:
     if not weights.is_file():
         found.append(f"{weights}: missing (only safetensors adapters are streamed)")
         return found
-    for key in _read_safetensors_header(weights):
+    for key in read_header(weights):
         if _split_key(key) is None:
             found.append(f"{weights}: tensor {key!r} is not a lora_A/lora_B weight")
     return found
@@ -147,7 +147,7 @@ def stream_merge(
         _nf4_roundtrip(quant or QuantizationConfig()) if strategy == "nf4-roundtrip" else None
     )
     out_dtype = getattr(torch, dtype)
-    with _safetensors(base_dir) as stored:
+    with stored_tensors(base_dir) as stored:
         for key in pairs:
             if key not in stored or key not in linear:
                 raise ExportError(
@@ -221,53 +221,6 @@ def write_sharded(
     return written
 
 
-def write_safetensors(
-    path: Path,
-    shapes: dict[str, tuple[int, ...]],
-    produce: Callable[[str], Any],
-    *,
-    dtype: str,
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """One safetensors file, header first, then each tensor's bytes as ``produce`` makes it.
-
-    The layout is ``safetensors.torch.save_file``'s for same-dtype tensors (sorted by name,
-    header padded to 8 bytes), checked byte for byte by the tests. Written atomically.
-    """
-    code = _SAFETENSORS_DTYPES[dtype]
-    itemsize = 4 if dtype == "float32" else 2
-    header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    order = sorted(shapes)
-    for name in order:
-        size = itemsize * math.prod(shapes[name])
-        header[name] = {
-            "dtype": code,
-            "shape": list(shapes[name]),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with atomic_file(path, "wb") as file:
-        file.write(len(raw).to_bytes(8, "little"))
-        file.write(raw)
-        for name in order:
-            tensor = produce(name)
-            if tuple(tensor.shape) != tuple(shapes[name]) or str(tensor.dtype) != f"torch.{dtype}":
-                raise ExportError(
-                    f"{path}: tensor {name!r} came out {tuple(tensor.shape)} {tensor.dtype}, "
-                    f"expected {shapes[name]} {dtype}"
-                )
-            file.write(tensor.contiguous().reshape(-1).view(_uint8()).numpy().data)
-            del tensor
-    return path
-
-
-def _uint8() -> Any:
-    return require("torch", "merged export").uint8
-
-
 def _split_key(key: str) -> tuple[str, str] | None:
     """``base_model.model.X.lora_A.weight`` -> (``X``, ``lora_A``); anything else -> None."""
     for half in ("lora_A", "lora_B"):
@@ -305,15 +258,6 @@ def _skeleton(base_dir: Path) -> tuple[Any, set[str]]:
 
 def _nf4_roundtrip(quant: QuantizationConfig) -> Callable[[Any], Any]:
     """dequant(quant(W)) for one float32 weight, as 4-bit loading stores it."""
-    bnbf = require("bitsandbytes.functional", "the nf4-roundtrip merge")
+    from medlora.export._merge import nf4_roundtrip
 
-    def roundtrip(weight: Any) -> Any:
-        packed, state = bnbf.quantize_4bit(
-            weight.contiguous(),
-            blocksize=64,
-            compress_statistics=quant.double_quant,
-            quant_type=quant.quant_type,
-        )
-        return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
-
-    return roundtrip
+    return functools.partial(nf4_roundtrip, quant=quant)

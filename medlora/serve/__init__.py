@@ -1,6 +1,13 @@
 """Run an exported model: ``load`` it in Python, or serve it over an OpenAI-compatible API."""
 
-from medlora.export._vllm import SUPPORTED_ARCHITECTURES, VLLM_LORA_MODULES, check_vllm_contract
+from medlora._vllm import (
+    SUPPORTED_ARCHITECTURES,
+    VLLM_LORA_MODULES,
+    check_vllm_contract,
+    exec_vllm,
+    vllm_available,
+    vllm_command,
+)
 from medlora.serve._load import GGUFModel, HFModel, Loglikelihood, load
 from medlora.serve._server import (
     CHECKED_PATHS,
@@ -10,7 +17,6 @@ from medlora.serve._server import (
     serve_gguf,
     validate_request,
 )
-from medlora.serve._vllm import exec_vllm, vllm_available, vllm_command
 
 __all__ = [
     "CHECKED_PATHS",

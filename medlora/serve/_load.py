@@ -7,8 +7,7 @@ at EOS), stream either one as an iterator of text pieces, and score text for eva
 
 from __future__ import annotations
 
-import inspect
-import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,17 @@ class Loglikelihood:
     """Number of continuation tokens scored."""
     greedy: bool
     """Whether greedy decoding would have produced exactly these tokens."""
+
+
+CACHE_RENAMED_IN = (5, 24)
+"""The transformers release whose models take and return the KV cache as ``cache`` (earlier:
+``past_key_values``, still accepted there with a deprecation warning)."""
+
+
+def cache_keyword(transformers_version: str) -> str:
+    """The keyword (and output field) of the KV cache in that transformers release."""
+    major, minor = re.match(r"(\d+)\.(\d+)", transformers_version).groups()  # type: ignore[union-attr]
+    return "cache" if (int(major), int(minor)) >= CACHE_RENAMED_IN else "past_key_values"
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -144,9 +154,9 @@ class HFModel(_Scoring):
             return torch.log_softmax(logits, -1).cpu().numpy()
 
     def _cache_key(self) -> str:
-        # transformers >= 5.2x names the KV cache ``cache``; older releases ``past_key_values``
-        params = inspect.signature(self._forward()).parameters
-        return "cache" if "cache" in params else "past_key_values"
+        import transformers
+
+        return cache_keyword(transformers.__version__)
 
     def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[Loglikelihood]:
         """:meth:`loglikelihood` of each continuation after one shared ``context``: the context
@@ -220,11 +230,6 @@ class HFModel(_Scoring):
                 text = self.tokenizer.decode(prompt + new, skip_special_tokens=True)
                 replies.append(text[len(prefix) :])
         return replies
-
-    def _forward(self) -> Any:
-        model = self.model
-        base = getattr(model, "get_base_model", None)  # a peft model forwards **kwargs
-        return (base() if base is not None else model).forward
 
     def _device(self) -> Any:
         return next(p for p in self.model.parameters()).device
@@ -348,18 +353,16 @@ class GGUFModel(_Scoring):
         """The conversation as text, through the chat template stored in the file, as
         :meth:`tokenize` expects it: without the leading BOS text only when tokenizing adds
         BOS (a SmolLM2 file keeps its first ``<|im_start|>``)."""
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        from medlora._template import ZEPHYR_CHAT_TEMPLATE, strip_leading_bos
+        from medlora._template import ZEPHYR_CHAT_TEMPLATE, render_template, strip_leading_bos
 
         source = self.llm.metadata.get("tokenizer.chat_template") or ZEPHYR_CHAT_TEMPLATE
-        template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         bos = self._token_text("bos")
-        text = template.from_string(source).render(
-            messages=[dict(m) for m in messages],
-            add_generation_prompt=generation_prompt,
-            eos_token=self.eos_token,
+        text = render_template(
+            source,
+            messages,
             bos_token=bos,
+            eos_token=self.eos_token,
+            generation_prompt=generation_prompt,
         )
         return strip_leading_bos(text, bos) if self._adds_bos() else text
 
@@ -499,21 +502,6 @@ def _is_gguf(path: Path) -> bool:
         return handle.read(4) == b"GGUF"
 
 
-def adapter_base(adapter_dir: Path) -> str:
-    """The base model an adapter names in its ``adapter_config.json``."""
-    config_path = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{config_path} cannot be read: {exc}") from exc
-    base = config.get("base_model_name_or_path")
-    if not isinstance(base, str) or not base:
-        raise ModelLoadError(
-            f"{config_path} names no base_model_name_or_path; pass base=... to medlora.load"
-        )
-    return base
-
-
 def load(
     path: str | Path,
     *,
@@ -569,7 +557,7 @@ def _base_weights(path: Path, quantization: QuantizationConfig | None) -> Any:
     from transformers import AutoModelForCausalLM
 
     if quantization is not None:
-        from medlora.training._model import load_base_model
+        from medlora.training import load_base_model
 
         return load_base_model(path, quantization)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -592,7 +580,7 @@ def _load_adapter(
 ) -> HFModel:
     from peft import PeftModel
 
-    from medlora._hub import load_tokenizer, resolve_model
+    from medlora._hub import adapter_base, load_tokenizer, resolve_model
 
     base_dir = resolve_model(base if base is not None else adapter_base(path))
     try:

@@ -237,7 +237,7 @@ def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> Req
     server_app = require("llama_cpp.server.app", "medlora serve")
     settings = require("llama_cpp.server.settings", "medlora serve")
     llama_module = require("llama_cpp.llama", "medlora serve")
-    from medlora.export._llama_cpp import _no_extra_buffer_types
+    from medlora._llama_cpp import no_extra_buffer_types
 
     alias = config.alias_for(model)
     extra = {} if config.n_threads is None else {"n_threads": config.n_threads}
@@ -250,7 +250,7 @@ def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> Req
         host=config.host, port=config.port, api_key=config.api_key, interrupt_requests=False
     )
     try:
-        with _no_extra_buffer_types(llama_module):
+        with no_extra_buffer_types(llama_module):
             app = server_app.create_app(
                 server_settings=server_settings, model_settings=[model_settings]
             )
@@ -285,12 +285,23 @@ def _graceful_signals(server: Any) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _graceful_server(uvicorn: Any) -> Any:
+    """A ``uvicorn.Server`` whose signal handling is :func:`_graceful_signals` (uvicorn's own
+    hook, ``capture_signals``, overridden in a subclass)."""
+
+    class GracefulServer(uvicorn.Server):  # type: ignore[misc, name-defined]
+        def capture_signals(self) -> Any:
+            return _graceful_signals(self)
+
+    return GracefulServer
+
+
 def serve_gguf(model: str | Path, config: ServeConfig | None = None) -> None:
     """Run the server until SIGINT or SIGTERM, then finish open requests and free the model."""
     config = config or ServeConfig()
     uvicorn = require("uvicorn", "medlora serve (llama-cpp-python[server])")
     app = create_gguf_app(model, config)
-    server = uvicorn.Server(
+    server = _graceful_server(uvicorn)(
         uvicorn.Config(
             app,
             host=config.host,
@@ -299,7 +310,6 @@ def serve_gguf(model: str | Path, config: ServeConfig | None = None) -> None:
             timeout_graceful_shutdown=10,
         )
     )
-    server.capture_signals = lambda: _graceful_signals(server)  # type: ignore[method-assign]
     print(
         f"serving {config.alias_for(Path(model))} on http://{config.host}:{config.port}/v1 "
         "(OpenAI-compatible; Ctrl-C to stop)",

@@ -50,22 +50,22 @@ TINYLLAMA_1B = TinyLlamaSpec(
 """TinyLlama-1.1B's exact shapes (FACTS: hidden 2048, 22 layers, 32 heads, 4 KV heads)."""
 
 
-def _default_corpus() -> list[str]:
-    from medlora.data._synthetic import generate_records
+def _synthetic_messages() -> list[dict[str, str]]:
+    """Every message of the embedded synthetic records, in order (as generated, unvalidated)."""
+    from medlora.data import ClinicalDataset
 
-    texts: list[str] = []
-    for record in generate_records():
-        for message in record["messages"]:
-            texts.append(message["content"])
+    return [m for r in ClinicalDataset.synthetic() for m in r.source["messages"]]
+
+
+def _default_corpus() -> list[str]:
+    texts = [message["content"] for message in _synthetic_messages()]
     # The chat template's markers, so they tokenize compactly.
     texts += ["<|system|>", "<|user|>", "<|assistant|>"] * 20
     return texts
 
 
 def _user_texts() -> list[str]:
-    from medlora.data._synthetic import generate_records
-
-    return [m["content"] for r in generate_records() for m in r["messages"] if m["role"] == "user"]
+    return [m["content"] for m in _synthetic_messages() if m["role"] == "user"]
 
 
 def make_tiny_llama(

@@ -144,7 +144,7 @@ def train_byte_level_bpe(
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from medlora.export._gguf_bpe import LLAMA3_SPLIT, QWEN2_SPLIT
+    from medlora._pretokenize import LLAMA3_SPLIT, QWEN2_SPLIT
 
     gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False)  # with its GPT-2 regex
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

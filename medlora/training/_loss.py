@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medlora.data._tokenize import IGNORE_INDEX, TokenizedExample
+from medlora.data import IGNORE_INDEX, TokenizedExample
 
 Batch = Mapping[str, Any]
 """``input_ids`` (batch, seq), ``loss_positions`` (n,), ``loss_targets`` (n,), and

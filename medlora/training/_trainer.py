@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
-from medlora._hub import TOKENIZER_FILES, check_supported, load_tokenizer, resolve_model
+from medlora._hub import check_supported, load_tokenizer, resolve_model
 from medlora._io import disk_space, recover, write_json
 from medlora.data import (
     ClinicalDataset,
@@ -76,7 +76,7 @@ def oom_as_error(advice: str = OOM_ADVICE) -> Iterator[None]:
         raise OutOfMemoryError(advice) from exc
 
 
-__all__ = ["TOKENIZER_FILES", "QLoRATrainer", "TrainingResult"]
+__all__ = ["QLoRATrainer", "TrainingResult"]
 
 
 @attrs.define

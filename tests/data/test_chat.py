@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from medlora import ClinicalDataset, DatasetError
-from medlora._hub import load_tokenizer, mark_llama_cpp_compatible, write_served_chat_template
-from medlora._template import ZEPHYR_CHAT_TEMPLATE
+from medlora._hub import load_tokenizer, mark_llama_cpp_compatible
+from medlora._template import ZEPHYR_CHAT_TEMPLATE, write_served_chat_template
 from medlora.data import IGNORE_INDEX, render, tokenize_batch, tokenize_messages
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
@@ -293,7 +293,7 @@ def test_the_exported_template_gains_bos_only_when_the_tokenizer_adds_it(
 ) -> None:
     tok, served, _ = case
     tok.save_pretrained(tmp_path)
-    write_served_chat_template(tmp_path)
+    write_served_chat_template(tmp_path, load_tokenizer(tmp_path))
     assert _saved_template(tmp_path) == served
 
 

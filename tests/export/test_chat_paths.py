@@ -10,8 +10,13 @@ from typing import Any
 import attrs
 import pytest
 
-from medlora._hub import copy_tokenizer_files, load_tokenizer, write_served_chat_template
-from medlora._template import ZEPHYR_CHAT_TEMPLATE, served_chat_template, strip_leading_bos
+from medlora._hub import copy_tokenizer_files, load_tokenizer
+from medlora._template import (
+    ZEPHYR_CHAT_TEMPLATE,
+    served_chat_template,
+    strip_leading_bos,
+    write_served_chat_template,
+)
 from medlora.data import render
 from medlora.data._tokenize import encode_chat
 from medlora.export._parity import probe_conversations
@@ -98,7 +103,7 @@ def test_copied_tokenizer_files_carry_the_served_template(
         (inline / name).write_bytes((tiny_model_dir / name).read_bytes())
     config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
     (inline / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": NO_BOS}))
-    write_served_chat_template(inline)
+    write_served_chat_template(inline, load_tokenizer(inline))
     saved = json.loads((inline / "tokenizer_config.json").read_text())
     assert saved["chat_template"] == "{{ bos_token }}" + NO_BOS
     assert not (inline / "chat_template.jinja").exists()
@@ -132,7 +137,7 @@ def chatml_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     )
     spec = attrs.evolve(TINY, vocab_size=TINY.vocab_size + 32)
     model_dir = make_tiny_llama(root / "model", spec=spec, tokenizer_dir=root / "tokenizer")
-    write_served_chat_template(model_dir)
+    write_served_chat_template(model_dir, load_tokenizer(model_dir))
     return write_gguf(model_dir, model_dir / "chatml-F16.gguf", outtype="F16")
 
 

@@ -264,7 +264,7 @@ def test_export_killed_half_way_leaves_the_previous_export(
 def test_export_restores_the_run_adapter_and_removes_leftovers(
     trained_run: Any, tmp_path: Path
 ) -> None:
-    """Issue 12, problems 1 and 2, export side. Before, a run killed between the two renames
+    """Killed writes, export side. Before, a run killed between the two renames
     of its adapter swap was refused ("not a finished medlora training run"), and what killed
     exports left beside the output stayed forever."""
     run = shutil.copytree(trained_run.run_dir, tmp_path / "run")

@@ -60,7 +60,7 @@ def _sequence(*steps: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_pre_tokenizer_is_read_from_the_tokenizer_structure() -> None:
-    from medlora.export._gguf_bpe import LLAMA3_SPLIT, QWEN2_SPLIT
+    from medlora._pretokenize import LLAMA3_SPLIT, QWEN2_SPLIT
 
     digits = {"type": "Digits", "individual_digits": True}
     assert _pre(_byte_level()) == "gpt-2"
@@ -285,7 +285,7 @@ def test_llama3_vocabulary_against_llama_cpp_test_vectors(
     transformers rebuilds, without ignore_merges) 46/47, the odd one 'Cửa Việt', which HF
     tokenizes the same way."""
     from medlora._hub import load_tokenizer
-    from medlora.export._llama_cpp import open_gguf
+    from medlora._llama_cpp import open_gguf
     from medlora.testing._sdist import VOCAB_MODELS
 
     vectors = _test_vectors(sdist_dir / VOCAB_MODELS, "ggml-vocab-llama-bpe.gguf")

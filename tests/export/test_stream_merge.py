@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from medlora import ExportError
+from medlora._safetensors import write_safetensors
 from medlora.export._merge import load_upcast, merged_model, write_merged_weights
 from medlora.export._stream_merge import (
     read_lora,
     stream_merge,
     unsupported_features,
-    write_safetensors,
 )
 from medlora.training import QuantizationConfig
 
@@ -110,6 +110,27 @@ def test_single_file_layout_is_save_pretrained_s(
     assert sorted(p.name for p in streamed.iterdir()) == ["config.json", "model.safetensors"]
     ours = (streamed / "model.safetensors").read_bytes()
     assert ours == (reference / "model.safetensors").read_bytes()
+
+
+def test_merge_adapter_writes_a_loadable_directory_with_the_tokenizer(
+    random_model_dir: Path, lora_dir: Path, tmp_path: Path
+) -> None:
+    """The public merge: the streamed weights (byte-identical to peft's, above) plus the base's
+    tokenizer, loadable by transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medlora.export import merge_adapter
+
+    out = merge_adapter(random_model_dir, lora_dir, tmp_path / "merged")
+    reference = stream_merge(
+        random_model_dir, lora_dir, tmp_path / "ref", strategy="original", quant=None
+    )
+    weights = (out / "model.safetensors").read_bytes()
+    assert weights == (reference / "model.safetensors").read_bytes()
+    assert (out / "tokenizer_config.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float16
+    base_tok = AutoTokenizer.from_pretrained(random_model_dir)
+    assert AutoTokenizer.from_pretrained(out)("sepsis").input_ids == base_tok("sepsis").input_ids
 
 
 def test_write_safetensors_is_byte_identical_to_save_file(tmp_path: Path) -> None:
@@ -244,3 +265,9 @@ def test_reading_without_mmap_loads_the_same_4bit_model(random_model_dir: Path) 
         model = load_base_model(random_model_dir, QuantizationConfig())
     assert modeling_utils.safe_open is original
     assert torch.equal(hf_logits(model, ids)[0], mapped[0])
+    # the merges' NF4 round trip uses the block size 4-bit loading gave every weight
+    from medlora.export._merge import NF4_BLOCKSIZE
+
+    weights = [getattr(m, "weight", None) for m in model.modules()]
+    states = [w.quant_state for w in weights if hasattr(w, "quant_state")]
+    assert states and {s.blocksize for s in states} == {NF4_BLOCKSIZE}

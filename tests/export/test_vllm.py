@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medlora.export._vllm import VLLM_LORA_MODULES, adapter_problems, merged_problems
+from medlora._vllm import VLLM_LORA_MODULES, adapter_problems, merged_problems
 
 
 def test_exported_adapter_is_lora_servable(exported: Any, trained_run: Any) -> None:

@@ -70,3 +70,38 @@ def test_adapter_on_its_4bit_base(trained_run: Any) -> None:
     # the 4-bit base differs from the float one by rounding only
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1.0
     assert a != b
+
+
+@pytest.mark.parametrize(
+    ("version", "keyword"),
+    [
+        ("5.0.0", "past_key_values"),
+        ("5.23.0", "past_key_values"),
+        ("5.24.0", "cache"),
+        ("5.24.0.dev0", "cache"),
+        ("5.40.1", "cache"),
+        ("6.0.0rc1", "cache"),
+    ],
+)
+def test_kv_cache_keyword_follows_the_transformers_release(version: str, keyword: str) -> None:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (wheels 5.21-5.23 and 5.24
+    compared); the keyword is chosen by release, not guessed from a signature."""
+    from medlora.serve._load import cache_keyword
+
+    assert cache_keyword(version) == keyword
+
+
+def test_the_installed_transformers_takes_and_returns_that_keyword(tiny_model_dir: Path) -> None:
+    import inspect
+
+    import transformers
+    from transformers import LlamaForCausalLM
+
+    from medlora.serve._load import cache_keyword
+
+    key = cache_keyword(transformers.__version__)
+    assert key in inspect.signature(LlamaForCausalLM.forward).parameters
+    torch = pytest.importorskip("torch")
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    out = model(input_ids=torch.tensor([[1, 5, 9]]), use_cache=True)
+    assert out[key] is not None

@@ -8,29 +8,26 @@ the global gradient norm are proven here; the GPU test runs the same script on t
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 
 from medlora import LoraConfig, QLoRATrainer, TrainingConfig
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ddp import launch
-from test_loop import adapter_weights, max_abs_diff, small_config, small_data
-
 SCRIPT = """
 import json, sys
-sys.path.insert(0, sys.argv[2])
+from pathlib import Path
 import torch.distributed as dist
-from test_loop import small_data
-from medlora import QLoRATrainer, TrainingConfig
+from medlora import ClinicalDataset, QLoRATrainer, TrainingConfig
 
 config = TrainingConfig.from_file(sys.argv[1])
-trainer = QLoRATrainer(config, dataset=small_data(), eval_dataset=small_data(5, start=40))
+data = json.loads(Path(sys.argv[2]).read_text())
+train, held_out = (ClinicalDataset.from_records(data[k]) for k in ("train", "eval"))
+trainer = QLoRATrainer(config, dataset=train, eval_dataset=held_out)
 trainer.train(progress=False)
 shards = {
     name: [list(p.to_local().shape), list(p.shape), str(p.dtype)]
@@ -40,23 +37,36 @@ shards = {
 (config.output_dir / f"shards-{dist.get_rank()}.json").write_text(json.dumps(shards))
 """
 
+if TYPE_CHECKING:
+    from conftest import SmallRun
 
-def fsdp_config(model_dir: Path, out: Path, **changes: Any) -> TrainingConfig:
-    return small_config(
-        model_dir,
-        out,
-        lora=LoraConfig(dropout=0.0),  # each process draws its own dropout masks
-        max_steps=4,
-        lr_scheduler="constant",  # a resumed run with more steps keeps the same schedule
-        eval_every=2,
-        save_every=2,
-        fsdp=True,
-        **changes,
-    )
+
+@pytest.fixture
+def fsdp_config(small_run: SmallRun) -> Callable[..., TrainingConfig]:
+    """``small_run.config`` for a 4-step FSDP run that evaluates and saves every 2 steps."""
+
+    def make(model_dir: Path, out: Path, **changes: Any) -> TrainingConfig:
+        return small_run.config(
+            model_dir,
+            out,
+            lora=LoraConfig(dropout=0.0),  # each process draws its own dropout masks
+            max_steps=4,
+            lr_scheduler="constant",  # a resumed run with more steps keeps the same schedule
+            eval_every=2,
+            save_every=2,
+            fsdp=True,
+            **changes,
+        )
+
+    return make
 
 
 def test_fsdp_two_processes_shard_resume_and_match_one_process(
-    tiny_model_dir: Path, tmp_path: Path
+    fsdp_config: Callable[..., TrainingConfig],
+    small_run: SmallRun,
+    launch: Callable[..., None],
+    tiny_model_dir: Path,
+    tmp_path: Path,
 ) -> None:
     # 4 sharded steps, then resumed from the step-4 checkpoint (gathered adapter and
     # optimizer state) for 2 more; against 6 straight steps of one unsharded process.
@@ -75,7 +85,7 @@ def test_fsdp_two_processes_shard_resume_and_match_one_process(
         fsdp, max_steps=6, micro_batch_size=4, fsdp=False, output_dir=tmp_path / "one"
     )
     single = QLoRATrainer(
-        single_cfg, dataset=small_data(), eval_dataset=small_data(5, start=40)
+        single_cfg, dataset=small_run.data(), eval_dataset=small_run.data(5, start=40)
     ).train(progress=False)
 
     meta = json.loads((run / "medlora.json").read_text())
@@ -100,18 +110,28 @@ def test_fsdp_two_processes_shard_resume_and_match_one_process(
     evals = [r["eval_loss"] for r in log if "eval_loss" in r]
     assert evals == pytest.approx([r["eval_loss"] for r in one if "eval_loss" in r], abs=1e-4)
     # Saved by the main process from the gathered weights: final adapter and checkpoints.
-    diff = max_abs_diff(adapter_weights(run / "adapter"), adapter_weights(single.adapter_dir))
+    diff = small_run.max_abs_diff(
+        small_run.adapter_weights(run / "adapter"), small_run.adapter_weights(single.adapter_dir)
+    )
     assert diff <= 2e-5, diff  # float32 sums in another order
     for step in (2, 4, 6):
         ckpt = run / "checkpoints" / f"step-{step:07d}" / "adapter"
         if ckpt.exists():  # keep_checkpoints: 2
             ref = single.run_dir / "checkpoints" / f"step-{step:07d}" / "adapter"
-            assert max_abs_diff(adapter_weights(ckpt), adapter_weights(ref)) <= 2e-5
+            assert (
+                small_run.max_abs_diff(
+                    small_run.adapter_weights(ckpt), small_run.adapter_weights(ref)
+                )
+                <= 2e-5
+            )
 
 
 @pytest.mark.gpu
 def test_fsdp_qlora_on_gpu_trains_and_saves_a_loadable_adapter(
-    tiny_model_dir: Path, tmp_path: Path
+    fsdp_config: Callable[..., TrainingConfig],
+    launch: Callable[..., None],
+    tiny_model_dir: Path,
+    tmp_path: Path,
 ) -> None:
     import torch
     from peft import PeftModel

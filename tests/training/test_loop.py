@@ -12,72 +12,18 @@ import textwrap
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 
-from medlora import ClinicalDataset, ConfigError, OutOfMemoryError, QLoRATrainer, TrainingConfig
-
-HERE = str(Path(__file__).parent)
-
-
-def small_config(model_dir: Path, out: Path, **changes: Any) -> TrainingConfig:
-    """A run of tiny steps: 2 examples of <= 64 tokens per step, no held-out split."""
-    base = TrainingConfig(
-        model=str(model_dir),
-        output_dir=out,
-        max_steps=20,
-        micro_batch_size=2,
-        max_seq_len=64,
-        learning_rate=3e-3,
-        warmup_steps=1,
-        validation_fraction=0.0,
-        tensorboard=False,
-        plot=False,
-        seed=0,
-    )
-    return attrs.evolve(base, **changes)
-
-
-SYMPTOMS = ("chest pain", "fever and cough", "headache", "ankle swelling", "breathlessness")
-
-
-def small_data(n: int = 16, start: int = 0) -> ClinicalDataset:
-    """Short chats (about 55 tokens each with the tiny tokenizer), so steps are quick."""
-    records = []
-    for i in range(start, start + n):
-        symptom = SYMPTOMS[i % len(SYMPTOMS)]
-        user = f"Patient {i} reports {symptom} for {i + 1} days. Summarise."
-        reply = f"{symptom.capitalize()} for {i + 1} days; examine and review in one week."
-        records.append(
-            {
-                "messages": [
-                    {"role": "user", "content": user},
-                    {"role": "assistant", "content": reply},
-                ]
-            }
-        )
-    return ClinicalDataset.from_records(records)
-
-
-def adapter_weights(adapter_dir: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return load_file(adapter_dir / "adapter_model.safetensors")
-
-
-def max_abs_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
+from medlora import ConfigError, OutOfMemoryError, QLoRATrainer
 
 KILLED_RUN = """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[3])
-from test_loop import small_data
-from medlora import QLoRATrainer, TrainingConfig
+import json
+from medlora import ClinicalDataset, QLoRATrainer, TrainingConfig
 
 class StallAfterCheckpoint:
     def on_save(self, step, path):
@@ -85,26 +31,35 @@ class StallAfterCheckpoint:
         time.sleep(600)  # the test kills this process here
 
 config = TrainingConfig.from_file(sys.argv[1])
-QLoRATrainer(config, dataset=small_data(), callbacks=[StallAfterCheckpoint()]).train(progress=False)
+data = ClinicalDataset.from_records(json.loads(Path(sys.argv[3]).read_text()))
+QLoRATrainer(config, dataset=data, callbacks=[StallAfterCheckpoint()]).train(progress=False)
 """
 
+if TYPE_CHECKING:
+    from conftest import SmallRun
 
-def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+
+def test_resume_after_sigkill_gives_identical_weights(
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
     # LoRA dropout stays at its default 0.05: the restored RNG states make it replay exactly.
-    straight = small_config(tiny_model_dir, tmp_path / "straight", save_every=10)
-    reference = QLoRATrainer(straight, dataset=small_data()).train(progress=False)
+    straight = small_run.config(tiny_model_dir, tmp_path / "straight", save_every=10)
+    reference = QLoRATrainer(straight, dataset=small_run.data()).train(progress=False)
 
-    resumed_cfg = small_config(tiny_model_dir, tmp_path / "killed", save_every=10)
+    resumed_cfg = small_run.config(tiny_model_dir, tmp_path / "killed", save_every=10)
     (tmp_path / "killed.json").write_text(json.dumps(resumed_cfg.to_dict(), default=str))
     (tmp_path / "run.py").write_text(textwrap.dedent(KILLED_RUN))
     marker = tmp_path / "checkpoint-landed"
+    (tmp_path / "records.json").write_text(json.dumps(small_run.records()))
     proc = subprocess.Popen(
         [
             sys.executable,
             str(tmp_path / "run.py"),
             str(tmp_path / "killed.json"),
             str(marker),
-            HERE,
+            str(tmp_path / "records.json"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -122,9 +77,12 @@ def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir: Path, tmp_
     assert marker.read_text() == "10"
     assert not (tmp_path / "killed" / "adapter").exists()  # the killed run never finished
 
-    result = QLoRATrainer(resumed_cfg, dataset=small_data()).train(progress=False, resume=True)
+    result = QLoRATrainer(resumed_cfg, dataset=small_run.data()).train(progress=False, resume=True)
     assert result.resumed_from_step == 10 and result.steps == 20
-    diff = max_abs_diff(adapter_weights(reference.adapter_dir), adapter_weights(result.adapter_dir))
+    diff = small_run.max_abs_diff(
+        small_run.adapter_weights(reference.adapter_dir),
+        small_run.adapter_weights(result.adapter_dir),
+    )
     assert diff <= 1e-6, diff
     assert result.train_losses == pytest.approx(reference.train_losses, abs=1e-6)
     steps = [json.loads(line)["step"] for line in (result.run_dir / "log.jsonl").open()]
@@ -133,9 +91,12 @@ def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir: Path, tmp_
 
 
 def test_load_and_resume_recover_what_killed_runs_left(
-    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Issue 12, problems 1 and 2, training side. A run killed between the two renames of the
+    """Killed writes, training side. A run killed between the two renames of the
     adapter swap leaves no adapter/ (the previous one an ``.old``, the new one a complete
     ``.partial``); killed checkpoint writes and prunes leave a ``.partial`` and a step without
     state.json. Before, medlora.load found no adapter and nothing was ever removed."""
@@ -143,10 +104,10 @@ def test_load_and_resume_recover_what_killed_runs_left(
 
     import medlora
 
-    config = small_config(tiny_model_dir, tmp_path, max_steps=2, save_every=2)
-    QLoRATrainer(config, dataset=small_data()).train(progress=False)
+    config = small_run.config(tiny_model_dir, tmp_path, max_steps=2, save_every=2)
+    QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
     adapter, ckpts = tmp_path / "adapter", tmp_path / "checkpoints"
-    expected = adapter_weights(adapter)
+    expected = small_run.adapter_weights(adapter)
     new = shutil.copytree(adapter, tmp_path / f".adapter.{DEAD}.0badc0de.partial")
     (new / COMPLETE).write_text("")
     old = adapter.rename(tmp_path / f".adapter.{DEAD}.1badc0de.old")
@@ -163,24 +124,28 @@ def test_load_and_resume_recover_what_killed_runs_left(
     assert [r.getMessage().split(" from ")[0] for r in caplog.records] == [
         f"medlora: restored {adapter}"
     ]
-    assert max_abs_diff(adapter_weights(adapter), expected) == 0
+    assert small_run.max_abs_diff(small_run.adapter_weights(adapter), expected) == 0
     assert leftovers(tmp_path) == sorted([old.name, ".adapter.x1y2z3.partial", ".notes"])
 
-    QLoRATrainer(config, dataset=small_data()).train(progress=False, resume=True)
+    QLoRATrainer(config, dataset=small_run.data()).train(progress=False, resume=True)
     assert leftovers(tmp_path) == [".adapter.x1y2z3.partial", ".notes"]
     assert sorted(p.name for p in ckpts.iterdir()) == ["README", "step-0000002"]
     assert all(path.exists() for path in foreign)
 
 
-def test_run_artefacts_are_readable_by_another_user(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Issue 12, problem 4: mkdtemp/mkstemp (and safetensors' save_file) wrote 0700/0600, so
+def test_run_artefacts_are_readable_by_another_user(
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Permissions: mkdtemp/mkstemp (and safetensors' save_file) wrote 0700/0600, so
     a serving account of another user could not read the adapter or checkpoints."""
     from crash_helpers import assert_readable_by_another_user
 
     previous = os.umask(0o022)
     try:
-        config = small_config(tiny_model_dir, tmp_path / "run", max_steps=2, save_every=1)
-        QLoRATrainer(config, dataset=small_data()).train(progress=False)
+        config = small_run.config(tiny_model_dir, tmp_path / "run", max_steps=2, save_every=1)
+        QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
     finally:
         os.umask(previous)
     assert_readable_by_another_user(tmp_path / "run")
@@ -196,27 +161,35 @@ class InterruptAt:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(
-    tiny_model_dir: Path, tmp_path: Path
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    config = small_config(tiny_model_dir, tmp_path, max_steps=5, keep_checkpoints=1)
+    config = small_run.config(tiny_model_dir, tmp_path, max_steps=5, keep_checkpoints=1)
     with pytest.raises(KeyboardInterrupt):
-        QLoRATrainer(config, dataset=small_data(), callbacks=[InterruptAt(3)]).train(progress=False)
+        QLoRATrainer(config, dataset=small_run.data(), callbacks=[InterruptAt(3)]).train(
+            progress=False
+        )
     checkpoint = tmp_path / "checkpoints" / "step-0000003"
     assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((checkpoint / "state.json").read_text())["step"] == 3
     assert not (tmp_path / "adapter").exists()
 
-    result = QLoRATrainer(attrs.evolve(config, resume=True), dataset=small_data()).train(
+    result = QLoRATrainer(attrs.evolve(config, resume=True), dataset=small_run.data()).train(
         progress=False
     )
     assert result.resumed_from_step == 3 and result.steps == 5 and len(result.train_losses) == 5
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
 
 
-def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_early_stopping_keeps_the_best_adapter(
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
     # min_delta is larger than any change, so only the first evaluation counts as better:
     # evaluations at steps 2 and 3 do not improve, patience 2 stops the run after step 3.
-    config = small_config(
+    config = small_run.config(
         tiny_model_dir,
         tmp_path / "stopped",
         max_steps=10,
@@ -226,8 +199,10 @@ def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: P
         tensorboard=True,
         plot=True,
     )
-    held_out = small_data(4, start=40)
-    result = QLoRATrainer(config, dataset=small_data(), eval_dataset=held_out).train(progress=False)
+    held_out = small_run.data(4, start=40)
+    result = QLoRATrainer(config, dataset=small_run.data(), eval_dataset=held_out).train(
+        progress=False
+    )
     assert result.stopped_early and result.steps == 3 and result.best_step == 1
     assert result.final_eval_loss == pytest.approx(result.best_eval_loss, abs=1e-6)
     meta = json.loads((result.run_dir / "medlora.json").read_text())
@@ -241,14 +216,19 @@ def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: P
     # The kept adapter is the step-1 adapter: a 1-step run with the same seed gives it too.
     # (Evaluations must not change training: bitsandbytes would repack CPU 4-bit weights on
     # the first eval forward and lose gradients afterwards; `again` evaluates, `one` not.)
-    one = small_config(tiny_model_dir, tmp_path / "one", max_steps=1, warmup_steps=0)
+    one = small_run.config(tiny_model_dir, tmp_path / "one", max_steps=1, warmup_steps=0)
     stopped_first_lr = attrs.evolve(config, warmup_steps=0, output_dir=tmp_path / "again")
-    a = QLoRATrainer(one, dataset=small_data()).train(progress=False)
-    b = QLoRATrainer(stopped_first_lr, dataset=small_data(), eval_dataset=held_out).train(
+    a = QLoRATrainer(one, dataset=small_run.data()).train(progress=False)
+    b = QLoRATrainer(stopped_first_lr, dataset=small_run.data(), eval_dataset=held_out).train(
         progress=False
     )
     assert b.best_step == 1
-    assert max_abs_diff(adapter_weights(a.adapter_dir), adapter_weights(b.adapter_dir)) <= 1e-6
+    assert (
+        small_run.max_abs_diff(
+            small_run.adapter_weights(a.adapter_dir), small_run.adapter_weights(b.adapter_dir)
+        )
+        <= 1e-6
+    )
 
 
 def _raise_oom(*args: Any, **kwargs: Any) -> Any:
@@ -258,12 +238,15 @@ def _raise_oom(*args: Any, **kwargs: Any) -> Any:
 
 
 def test_cuda_oom_becomes_out_of_memory_error_with_advice(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch
 
     trainer = QLoRATrainer(
-        small_config(tiny_model_dir, tmp_path, max_steps=2), dataset=small_data()
+        small_run.config(tiny_model_dir, tmp_path, max_steps=2), dataset=small_run.data()
     )
     trainer.setup()
     monkeypatch.setattr(trainer.objective, "forward", _raise_oom)
@@ -276,14 +259,17 @@ def test_cuda_oom_becomes_out_of_memory_error_with_advice(
 
 
 def test_oom_in_evaluation_and_loading_is_translated_too(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import transformers
 
-    held_out = small_data(4, start=40)
+    held_out = small_run.data(4, start=40)
     trainer = QLoRATrainer(
-        small_config(tiny_model_dir, tmp_path, max_steps=2),
-        dataset=small_data(),
+        small_run.config(tiny_model_dir, tmp_path, max_steps=2),
+        dataset=small_run.data(),
         eval_dataset=held_out,
     )
     trainer.setup()
@@ -296,21 +282,25 @@ def test_oom_in_evaluation_and_loading_is_translated_too(
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _raise_oom)
     with pytest.raises(OutOfMemoryError, match="while loading the base model"):
-        QLoRATrainer(small_config(tiny_model_dir, tmp_path)).setup()
+        QLoRATrainer(small_run.config(tiny_model_dir, tmp_path)).setup()
 
 
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 def test_hot_loop_reads_the_device_once_per_logged_step(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packing: bool
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    packing: bool,
 ) -> None:
     import threading
 
     import torch
 
-    config = small_config(
+    config = small_run.config(
         tiny_model_dir, tmp_path, max_steps=6, log_every=3, grad_accum_steps=2, packing=packing
     )
-    trainer = QLoRATrainer(config, dataset=small_data())
+    trainer = QLoRATrainer(config, dataset=small_run.data())
     trainer.setup()
     reads: list[tuple[str, str]] = []
     looping = [True]  # until the loop ends (saving the adapter reads bitsandbytes' state)
@@ -347,23 +337,31 @@ def test_hot_loop_reads_the_device_once_per_logged_step(
     assert logged == [3, 6]
 
 
-def test_paged_8bit_adamw_on_cpu_is_a_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = small_config(tiny_model_dir, tmp_path, optimizer="paged_adamw_8bit")
+def test_paged_8bit_adamw_on_cpu_is_a_config_error(
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    config = small_run.config(tiny_model_dir, tmp_path, optimizer="paged_adamw_8bit")
     with pytest.raises(ConfigError, match="needs a CUDA GPU") as info:
-        QLoRATrainer(config, dataset=small_data()).train(progress=False)
+        QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
     assert info.value.field == "optimizer"
 
 
-def test_loop_config_rules(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_loop_config_rules(small_run: SmallRun, tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set eval_every") as info:
-        small_config(tiny_model_dir, tmp_path, early_stopping_patience=2)
+        small_run.config(tiny_model_dir, tmp_path, early_stopping_patience=2)
     assert info.value.field == "early_stopping_patience"
     with pytest.raises(ConfigError):
-        small_config(tiny_model_dir, tmp_path, optimizer="sgd")
+        small_run.config(tiny_model_dir, tmp_path, optimizer="sgd")
 
 
 @pytest.mark.gpu
-def test_paged_8bit_adamw_trains_on_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = small_config(tiny_model_dir, tmp_path, max_steps=4, optimizer="paged_adamw_8bit")
-    result = QLoRATrainer(config, dataset=small_data()).train(progress=False)
+def test_paged_8bit_adamw_trains_on_gpu(
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    config = small_run.config(tiny_model_dir, tmp_path, max_steps=4, optimizer="paged_adamw_8bit")
+    result = QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
     assert result.steps == 4 and all(map(lambda x: x == x, result.train_losses))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,12 +11,16 @@ from medlora import LoraConfig, QLoRATrainer, TrainingConfig
 from medlora.data import collate
 from medlora.training._loss import causal_lm_loss, supervised_tokens, with_loss_index
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_loop import small_data
+if TYPE_CHECKING:
+    from conftest import SmallRun
 
 
 @pytest.fixture(scope="module")
-def lora_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def lora_model(
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple:
     config = TrainingConfig(
         model=str(tiny_model_dir),
         output_dir=tmp_path_factory.mktemp("loss"),
@@ -27,7 +31,7 @@ def lora_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     trainer = QLoRATrainer(config)
     trainer.setup()
     examples = list(
-        small_data(3).prepare(trainer.tokenizer, max_seq_len=config.max_seq_len).examples
+        small_run.data(3).prepare(trainer.tokenizer, max_seq_len=config.max_seq_len).examples
     )
     return trainer, collate(examples, pad_id=trainer.tokenizer.pad_token_id)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,27 +13,35 @@ from medlora.data import collate
 from medlora.training._loss import causal_lm_loss, with_loss_index
 from medlora.training._model import activation_bytes, decide_checkpointing
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_loop import small_config, small_data
-
 MATMULS = ("mm", "addmm", "bmm", "baddbmm")
 
+if TYPE_CHECKING:
+    from conftest import SmallRun
 
-def _setup(model_dir: Path, out: Path, **changes: Any) -> QLoRATrainer:
-    trainer = QLoRATrainer(small_config(model_dir, out, **changes), dataset=small_data())
-    trainer.setup()
-    return trainer
+
+@pytest.fixture
+def setup_trainer(small_run: SmallRun) -> Callable[..., QLoRATrainer]:
+    """A trainer on ``small_run.data()`` with its model set up (``small_run.config``)."""
+
+    def setup(model_dir: Path, out: Path, **changes: Any) -> QLoRATrainer:
+        trainer = QLoRATrainer(
+            small_run.config(model_dir, out, **changes), dataset=small_run.data()
+        )
+        trainer.setup()
+        return trainer
+
+    return setup
 
 
 @pytest.mark.parametrize("loss_impl", ["chunked", "fused"])
 def test_bf16_runs_every_linear_and_matmul_in_bf16(
-    tiny_model_dir: Path, tmp_path: Path, loss_impl: str
+    setup_trainer: Callable[..., QLoRATrainer], tiny_model_dir: Path, tmp_path: Path, loss_impl: str
 ) -> None:
     import bitsandbytes as bnb
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    trainer = _setup(
+    trainer = setup_trainer(
         tiny_model_dir,
         tmp_path,
         mixed_precision="bf16",
@@ -82,31 +90,38 @@ def test_bf16_runs_every_linear_and_matmul_in_bf16(
     assert all(dtypes == {bf16} for _, dtypes in matmuls), {n: d for n, d in matmuls if d != {bf16}}
 
 
-def test_cpu_default_stays_float32(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_cpu_default_stays_float32(
+    setup_trainer: Callable[..., QLoRATrainer], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     import torch
 
-    trainer = _setup(tiny_model_dir, tmp_path)
+    trainer = setup_trainer(tiny_model_dir, tmp_path)
     assert trainer.runtime["mixed_precision"] == "no"
     floating = [p for p in trainer.model.parameters() if p.dtype.is_floating_point]
     assert {p.dtype for p in floating if p.requires_grad} == {torch.float32}
     with pytest.raises(ConfigError, match="needs a CUDA GPU") as info:
-        _setup(tiny_model_dir, tmp_path, mixed_precision="fp16")
+        setup_trainer(tiny_model_dir, tmp_path, mixed_precision="fp16")
     assert info.value.field == "mixed_precision"
 
 
-def test_bf16_loss_and_gradients_match_float32(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_bf16_loss_and_gradients_match_float32(
+    setup_trainer: Callable[..., QLoRATrainer],
+    small_run: SmallRun,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
     import torch
 
     results = []
     for precision in ("no", "bf16"):
-        trainer = _setup(
+        trainer = setup_trainer(
             tiny_model_dir, tmp_path, mixed_precision=precision, lora=LoraConfig(dropout=0.0)
         )
         with torch.no_grad():  # a non-zero adapter, the same in both runs
             for name, p in trainer.model.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.full_like(p, 0.01))
-        examples = list(small_data(4).prepare(trainer.tokenizer, max_seq_len=64).examples)
+        examples = list(small_run.data(4).prepare(trainer.tokenizer, max_seq_len=64).examples)
         batch = with_loss_index(dict(collate(examples, pad_id=trainer.tokenizer.pad_token_id)))
         loss, n = causal_lm_loss(trainer.objective, batch, chunk_tokens=0)
         loss.backward()
@@ -123,11 +138,11 @@ def test_bf16_loss_and_gradients_match_float32(tiny_model_dir: Path, tmp_path: P
 
 
 def test_checkpointing_estimate_matches_saved_activations(
-    tiny_model_dir: Path, tmp_path: Path
+    setup_trainer: Callable[..., QLoRATrainer], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import torch
 
-    trainer = _setup(tiny_model_dir, tmp_path, mixed_precision="bf16")
+    trainer = setup_trainer(tiny_model_dir, tmp_path, mixed_precision="bf16")
     params = {p.data_ptr() for p in trainer.model.parameters()}
     saved: dict[int, int] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -60,15 +61,40 @@ def llama_cpp_log_lines() -> Iterator[None]:
         logger.setLevel(saved)
 
 
-@contextlib.contextmanager
-def _no_extra_buffer_types(llama_cpp: Any) -> Iterator[None]:
-    """Keep weights in plain CPU buffers (no AMX repacking).
+@functools.cache
+def _plain_buffer_llama(llama_class: type) -> type:
+    """``llama_class`` (``llama_cpp.Llama``) keeping weights in plain CPU buffers (no AMX
+    repacking).
 
     llama.cpp's AMX buffer type crashes on quantized weights on some Xeon CPUs
-    (ggml-org/llama.cpp#20824) and llama-cpp-python offers no argument to turn it off, so the
-    default model parameters are patched while the model loads.
+    (ggml-org/llama.cpp#20824) and llama-cpp-python offers no argument to turn it off. Its
+    ``__init__`` stores the model parameters it builds in ``self.model_params`` before loading
+    the model, so this subclass sees them on the way in and sets ``use_extra_bufts`` off.
     """
-    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    class PlainBufferLlama(llama_class):  # type: ignore[misc, valid-type]
+        @property
+        def model_params(self) -> Any:
+            return self.__dict__["_medlora_model_params"]
+
+        @model_params.setter
+        def model_params(self, value: Any) -> None:
+            if hasattr(value, "use_extra_bufts"):
+                value.use_extra_bufts = False
+            self.__dict__["_medlora_model_params"] = value
+
+    return PlainBufferLlama
+
+
+@contextlib.contextmanager
+def no_extra_buffer_types(llama_module: Any) -> Iterator[None]:
+    """For llama-cpp-python's server, which builds its ``Llama`` itself: the default model
+    parameters ``use_extra_bufts`` off while the block runs (see :func:`_plain_buffer_llama`).
+
+    The one place medlora still patches a dependency: the server offers neither a parameter
+    nor a class to pass in. Not thread-safe; the server loads its model once, at start.
+    """
+    default = llama_module.llama_cpp.llama_model_default_params
 
     def params() -> Any:
         value = default()
@@ -76,7 +102,7 @@ def _no_extra_buffer_types(llama_cpp: Any) -> Iterator[None]:
             value.use_extra_bufts = False
         return value
 
-    with mock.patch.object(llama_cpp.llama_cpp, "llama_model_default_params", params):
+    with mock.patch.object(llama_module.llama_cpp, "llama_model_default_params", params):
         yield
 
 
@@ -97,11 +123,9 @@ def open_gguf(
     llama_cpp = require("llama_cpp", "Running GGUF models")
     if n_threads is not None:
         kwargs.setdefault("n_threads_batch", n_threads)
-    import llama_cpp.llama as llama_module
-
-    with _no_extra_buffer_types(llama_module), captured_stderr() as log:
+    with captured_stderr() as log:
         try:
-            return llama_cpp.Llama(
+            return _plain_buffer_llama(llama_cpp.Llama)(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 logits_all=logits_all,

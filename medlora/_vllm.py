@@ -1,17 +1,26 @@
-"""What vLLM needs from an adapter or merged directory, checked without vLLM installed.
+"""vLLM, in one place: what it needs from an adapter or merged directory (checked without vLLM
+installed) and the exact ``vllm serve`` command for one.
 
 vLLM (a CUDA-only wheel) serves a merged directory with ``vllm serve DIR`` and a peft adapter
 with ``--enable-lora --lora-modules name=DIR``. Both fail late, on a GPU box, when something is
 missing; the exporter runs these checks on every export and ``medlora serve`` before it
-starts vLLM. Each returns the problems found (an empty list when the directory is servable).
+starts vLLM. Each check returns the problems found (an empty list when the directory is
+servable).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shlex
 import struct
 from pathlib import Path
 from typing import Any
+
+from medlora._errors import ModelLoadError
+from medlora._hub import adapter_base
+from medlora._optional import require
+from medlora._safetensors import DTYPES, tensor_dtypes
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 """Architectures medlora produces and vLLM serves natively."""
@@ -24,7 +33,6 @@ VLLM_LORA_MODULES = frozenset(
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """Values vLLM accepts for ``--max-lora-rank``."""
 
-_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 _TOKENIZERS = ("tokenizer.json", "tokenizer.model")
 """Either serves: vLLM loads ``tokenizer.json`` (byte-level BPE models ship only that) or
 converts a SentencePiece ``tokenizer.model``."""
@@ -43,14 +51,6 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
         problems.append(f"{path.name} must hold a JSON object")
         return None
     return data
-
-
-def safetensors_dtypes(path: Path) -> dict[str, str]:
-    """Tensor name -> dtype (``F16``, ``BF16``, ``F32`` ...) from a safetensors header."""
-    with path.open("rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
 def _check_weights(directory: Path, stem: str, problems: list[str]) -> dict[str, str]:
@@ -76,7 +76,7 @@ def _check_weights(directory: Path, stem: str, problems: list[str]) -> dict[str,
     dtypes: dict[str, str] = {}
     for file in files:
         try:
-            dtypes.update(safetensors_dtypes(file))
+            dtypes.update(tensor_dtypes(file))
         except (OSError, ValueError, struct.error) as exc:
             problems.append(f"{file.name} is not a readable safetensors file ({exc})")
     return dtypes
@@ -92,11 +92,11 @@ def _check_merged(directory: Path, problems: list[str]) -> None:
     if config.get("quantization_config"):
         problems.append("config.json still carries a quantization_config (4-bit leftovers)")
     dtype = config.get("dtype", config.get("torch_dtype"))
-    if dtype not in _DTYPES:
-        problems.append(f"config.json dtype = {dtype!r}; use one of {', '.join(_DTYPES)}")
+    if dtype not in DTYPES:
+        problems.append(f"config.json dtype = {dtype!r}; use one of {', '.join(DTYPES)}")
     dtypes = _check_weights(directory, "model", problems)
-    if dtypes and dtype in _DTYPES:
-        odd = sorted({d for d in dtypes.values() if d != _DTYPES[dtype]})
+    if dtypes and dtype in DTYPES:
+        odd = sorted({d for d in dtypes.values() if d != DTYPES[dtype]})
         if odd:
             problems.append(f"weights hold {', '.join(odd)} tensors but config.json says {dtype}")
     if not (directory / "tokenizer_config.json").is_file():
@@ -179,3 +179,64 @@ def check_vllm_contract(path: str | Path) -> list[str]:
     if (directory / "adapter_config.json").is_file():
         return adapter_problems(directory)
     return merged_problems(directory)
+
+
+def _lora_rank_flag(adapter: Path) -> int:
+    rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
+
+
+def vllm_command(
+    path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    name: str | None = None,
+    base: str | None = None,
+) -> list[str]:
+    """The ``vllm serve`` command line for a merged directory or an adapter directory.
+
+    For an adapter the base model is served with ``--enable-lora --lora-modules NAME=DIR``
+    (base from ``adapter_config.json`` unless ``base`` is given); clients ask for ``NAME``.
+
+    Raises:
+        ModelLoadError: ``path`` is neither a model directory nor an adapter directory.
+    """
+    directory = Path(path).resolve()
+    name = name or directory.name
+    if (directory / "adapter_config.json").is_file():
+        base_model = base or adapter_base(directory)
+        command = ["vllm", "serve", base_model, "--enable-lora"]
+        command += ["--lora-modules", f"{name}={directory}"]
+        command += ["--max-lora-rank", str(_lora_rank_flag(directory))]
+    elif (directory / "config.json").is_file():
+        command = ["vllm", "serve", str(directory), "--served-model-name", name]
+    else:
+        raise ModelLoadError(
+            f"{directory} is neither a merged model (config.json) nor an adapter "
+            "(adapter_config.json)"
+        )
+    command += ["--host", host, "--port", str(port)]
+    if api_key:
+        command += ["--api-key", api_key]
+    return command
+
+
+def vllm_available() -> bool:
+    """Whether vLLM is importable here."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def exec_vllm(command: list[str]) -> None:
+    """Replace this process by ``command`` when vLLM is installed.
+
+    Raises:
+        MissingDependencyError: vLLM is not installed (the message has the install line and
+            the command to run on a GPU machine).
+    """
+    import os
+
+    if not vllm_available():
+        require("vllm", f"Serving with vLLM (on a GPU machine run: {shlex.join(command)})")
+    os.execvp(command[0], command)  # pragma: no cover - needs vLLM and a GPU
