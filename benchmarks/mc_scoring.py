@@ -37,8 +37,7 @@ def run(model_dir: Path, questions: int, batch_size: int) -> dict[str, Any]:
     import torch
 
     from medlora import ClinicalDataset, load
-    from medlora.eval._scoring import score_requests
-    from medlora.eval._tasks import choice_items
+    from medlora.eval import choice_items, score_requests
 
     torch.manual_seed(0)
     items = choice_items(ClinicalDataset.default().records)[:questions]

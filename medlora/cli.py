@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     from medlora import DataConfig, TrainingConfig
-    from medlora.training._datasets import run_data
+    from medlora.training import run_data
 
     path = Path(args.file)
     if path.suffix.lower() in (".yaml", ".yml", ".toml"):  # a training config: its data section

@@ -168,7 +168,7 @@ def test_cli_reference_is_the_parsers_help() -> None:
     page = hook.cli_markdown()
     subcommands = hook.subcommands(build_parser())
     names = [name for name, _, _ in subcommands]
-    assert names == ["quickstart", "train", "export", "serve", "eval"]
+    assert names == ["quickstart", "train", "data", "export", "serve", "eval"]
     for name, summary, parser in subcommands:
         assert f"## medlora {name}\n" in page and summary
         for action in parser._actions:

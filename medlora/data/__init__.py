@@ -2,7 +2,7 @@
 
 from medlora.data._chat import reply_end_token, stop_token_ids, stop_tokens
 from medlora.data._collate import collate
-from medlora.data._config import DataConfig, LoadedData
+from medlora.data._config import DataConfig, LoadedData, data_config
 from medlora.data._dataset import ClinicalDataset
 from medlora.data._hygiene import DataCard, DedupReport
 from medlora.data._pack import PackingReport, collate_packed, pack_examples
@@ -17,7 +17,7 @@ from medlora.data._tokenize import (
     tokenize_batch,
     tokenize_messages,
 )
-from medlora.data._validate import ClinicalRecord, LoadReport
+from medlora.data._validate import ClinicalRecord, LoadOptions, LoadReport, validate_row
 
 __all__ = [
     "ClinicalDataset",
@@ -27,6 +27,7 @@ __all__ = [
     "DedupReport",
     "IGNORE_INDEX",
     "KINDS",
+    "LoadOptions",
     "LoadReport",
     "LoadedData",
     "PHIReport",
@@ -37,6 +38,7 @@ __all__ = [
     "TokenizedExample",
     "collate",
     "collate_packed",
+    "data_config",
     "encode_chat",
     "find_phi",
     "pack_examples",
@@ -47,4 +49,5 @@ __all__ = [
     "stop_tokens",
     "tokenize_batch",
     "tokenize_messages",
+    "validate_row",
 ]

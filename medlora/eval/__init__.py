@@ -27,6 +27,7 @@ from medlora.eval._runner import (
     evaluate_model,
     evaluation_table_markdown,
 )
+from medlora.eval._scoring import score_requests
 from medlora.eval._tasks import (
     ChoiceItem,
     GenerationItem,
@@ -65,4 +66,5 @@ __all__ = [
     "refusal_rate",
     "request_items",
     "rouge_l",
+    "score_requests",
 ]

@@ -13,8 +13,7 @@ from typing import Any
 import attrs
 
 from medlora._errors import DatasetError, DatasetProblem
-from medlora.data import ClinicalRecord
-from medlora.data._validate import LoadOptions, validate_row
+from medlora.data import ClinicalRecord, LoadOptions, validate_row
 
 LETTERS = "ABCDEFGHIJ"
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")

@@ -9,7 +9,7 @@ import attrs
 
 from medlora._config import ConfigBase, in_range, integer, non_negative, one_of, positive
 from medlora._errors import ConfigError
-from medlora.data._config import DataConfig, data_config
+from medlora.data import DataConfig, data_config
 
 
 def _modules(value: str | list[str] | tuple[str, ...]) -> str | tuple[str, ...]:

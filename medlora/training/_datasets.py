@@ -7,8 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
-from medlora.data import ClinicalDataset
-from medlora.data._config import DataConfig, LoadedData
+from medlora.data import ClinicalDataset, DataConfig, LoadedData
 from medlora.training._config import TrainingConfig
 
 Recipe = Literal["fraction", "file", "given", "none"]
