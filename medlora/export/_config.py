@@ -43,15 +43,18 @@ DEFAULT_MAX_PPL_RATIO = {
     "BF16": 1.01,
     "Q8_0": 1.02,
     "Q6_K": 1.05,
-    "Q5_K_M": 1.15,
-    "Q4_K_M": 1.15,
+    "Q5_K_M": 1.2,
+    "Q4_K_M": 1.2,
     "Q4_0": 1.3,
     "Q3_K_M": 1.4,
     "Q2_K": 2.0,
 }
 """Largest perplexity ratio (GGUF / merged model) of the reply tokens of held-out
 conversations, per GGUF type: the default export gate. See ``docs/benchmarks.md``, "GGUF
-fidelity on SmolLM2-135M-Instruct", for the figures they were set from."""
+fidelity on SmolLM2-135M-Instruct", for the figures they were set from: F16 1.0001, Q8_0
+1.005, Q5_K_M 1.09-1.11 and Q4_K_M 1.12-1.13 without an importance matrix (1.077 with one);
+each gate leaves room over its type's figure without a matrix, so ``imatrix=False`` exports
+pass, while a broken file (a wrong RoPE, a shuffled vocabulary) lands far above."""
 
 DEFAULT_MAX_REPLY_KL = {
     "F32": 0.002,
@@ -59,15 +62,16 @@ DEFAULT_MAX_REPLY_KL = {
     "BF16": 0.01,
     "Q8_0": 0.01,
     "Q6_K": 0.03,
-    "Q5_K_M": 0.1,
-    "Q4_K_M": 0.1,
+    "Q5_K_M": 0.15,
+    "Q4_K_M": 0.15,
     "Q4_0": 0.2,
     "Q3_K_M": 0.3,
     "Q2_K": 1.0,
 }
 """Largest mean KL(merged || GGUF) per reply position, in nats, per GGUF type: the second
-default export gate (it also catches a file that changes the distribution without moving the
-perplexity of the actual tokens)."""
+default export gate (measured on SmolLM2-135M-Instruct: Q8_0 0.005, Q5_K_M 0.09-0.095 and
+Q4_K_M 0.076 without an importance matrix, Q4_K_M 0.044 with one). It also catches a file
+that changes the distribution without moving the perplexity of the actual tokens."""
 
 
 DEFAULT_MAX_MERGE_KL = {"nf4-roundtrip": 1e-3, "original": 1e-2}

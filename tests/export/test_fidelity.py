@@ -104,8 +104,8 @@ def test_gates_are_on_perplexity_ratio_and_kl_and_top1_only_on_request() -> None
     broken = _agreement(reply_top1=0.02, reply_kl=6.0, ppl_ratio=480.0, reply_positions=1024)
     problems = gate_problems("Q4_K_M", broken, config)
     assert len(problems) == 2
-    assert "perplexity ratio 480.0000 > 1.15" in problems[0]
-    assert "reply KL 6 nats > 0.1" in problems[1]
+    assert "perplexity ratio 480.0000 > 1.2" in problems[0]
+    assert "reply KL 6 nats > 0.15" in problems[1]
     assert gate_problems("F16", good, config)  # F16 must be identical: 1.05 fails
     # top-1 (probe, tie-aware 0.97) is gated only where min_agreement names the type
     strict = ExportConfig(min_agreement={"q4_k_m": 0.98})
