@@ -6,6 +6,7 @@ Importing medlora is cheap: torch, bitsandbytes, gguf and llama.cpp load only wh
 from medlora._errors import (
     ConfigError,
     DatasetError,
+    DatasetProblem,
     ExportError,
     MedLoraError,
     MissingDependencyError,
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DatasetError",
+    "DatasetProblem",
     "ExportConfig",
     "ExportError",
     "ExportResult",
