@@ -149,8 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from medlora.eval import EvalConfig, compare_models
-    from medlora.eval._cli import held_out_dataset, models_of_export
+    from medlora.eval import EvalConfig, compare_models, held_out_dataset, models_of_export
 
     export_dir = Path(args.export_dir)
     models = models_of_export(export_dir, include_base=not args.no_base)
@@ -168,7 +167,7 @@ def _eval(args: argparse.Namespace) -> int:
     card = export_dir / "README.md"
     if card.is_file():  # the export's model card carries the comparison from now on
         from medlora._io import atomic_file
-        from medlora.export._card import with_evaluation
+        from medlora.export import with_evaluation
 
         updated = with_evaluation(card.read_text(encoding="utf-8"), report.markdown())
         with atomic_file(card) as handle:

@@ -69,12 +69,8 @@ def test_errors_subclass_the_matching_builtins() -> None:
             assert issubclass(obj, medlora.MedLoraError)
 
 
-PRIVATE_CROSS_IMPORTS = {
-    ("cli.py", "medlora.eval._cli"),
-    ("cli.py", "medlora.export._card"),
-}
-"""What ``medlora eval`` still reaches in other packages' private modules (the held-out split
-and the model card's evaluation section); remove an entry when its import goes."""
+PRIVATE_CROSS_IMPORTS: set[tuple[str, str]] = set()
+"""Imports of another package's private modules that are allowed: none."""
 
 
 def test_no_package_imports_another_packages_private_modules() -> None:

@@ -1,6 +1,7 @@
 """Evaluation: perplexity, multiple-choice accuracy, generation scores and refusal rate,
 compared across the base model, the adapter, the merged model and each GGUF file."""
 
+from medlora.eval._cli import held_out_dataset, models_of_export
 from medlora.eval._metrics import (
     RougeL,
     choose,
@@ -57,9 +58,11 @@ __all__ = [
     "evaluation_table_markdown",
     "exact_match",
     "generation_items",
+    "held_out_dataset",
     "is_refusal",
     "lcs_length",
     "medsafetybench_records",
+    "models_of_export",
     "normalize_answer",
     "perplexity",
     "pubmedqa_records",

@@ -1,6 +1,7 @@
 """Adapters, merged Hugging Face weights and GGUF files, each checked against training."""
 
 from medlora._llama_cpp import open_gguf
+from medlora.export._card import with_evaluation
 from medlora.export._config import (
     DEFAULT_MAX_MERGE_KL,
     DEFAULT_MAX_PPL_RATIO,
@@ -37,6 +38,7 @@ __all__ = [
     "merge_adapter",
     "open_gguf",
     "quantize_gguf",
+    "with_evaluation",
     "write_gguf",
     "write_lora_gguf",
 ]
