@@ -16,6 +16,7 @@ _INSTALL = {
     "matplotlib": "pip install matplotlib",
     "tensorboard": "pip install tensorboard",
     "sentencepiece": "pip install sentencepiece",
+    "presidio_analyzer": "pip install 'medlora[phi]'",
 }
 
 

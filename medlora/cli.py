@@ -76,6 +76,7 @@ def _data(args: argparse.Namespace) -> int:
             answer_index_base=args.answer_index_base,
             on_error=args.on_error,
             phi=args.phi,
+            phi_engine=args.phi_engine,
             dedup=args.dedup,
         )
         loaded = config.load()
@@ -228,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--answer-index-base", type=int, default=0, choices=[0, 1])
     data.add_argument("--on-error", default="raise", choices=["raise", "skip"])
     data.add_argument("--phi", default="report", choices=["off", "report", "redact", "fail"])
+    data.add_argument(
+        "--phi-engine",
+        default="auto",
+        choices=["auto", "presidio", "patterns"],
+        help="presidio finds names and places without cue words (the phi extra)",
+    )
     data.add_argument("--dedup", default="off", choices=["off", "exact", "near"])
     data.add_argument("--json", action="store_true", help="report: the card as JSON")
     data.set_defaults(func=_data)

@@ -174,3 +174,12 @@ def test_mc_scoring_smoke() -> None:
     report = _script("mc_scoring").main(["--smoke"])
     assert report["questions"] == 8 and report["options"] >= 32
     assert report["max_abs_diff_batched"] < 1e-4
+
+
+def test_deid_recall_smoke() -> None:
+    """4 notes through the pattern layer (and presidio, with the phi extra): the recall table,
+    the eponyms line and the overall figures print (~3 s; ~12 s with presidio)."""
+    out = _run("deid_recall", "--smoke")
+    assert "4 notes from deid_notes.jsonl" in out
+    assert "| **overall** |" in out and "| EPONYM |" in out
+    assert "patterns: overall recall" in out and "eponyms destroyed" in out

@@ -6,7 +6,14 @@ from medlora.data._config import DataConfig, LoadedData, data_config
 from medlora.data._dataset import ClinicalDataset
 from medlora.data._hygiene import DataCard, DedupReport
 from medlora.data._pack import PackingReport, collate_packed, pack_examples
-from medlora.data._phi import PHI_KINDS, PHIReport, PHISpan, find_phi, redact_text
+from medlora.data._phi import (
+    PHI_KINDS,
+    PHIDetector,
+    PHIReport,
+    PHISpan,
+    find_phi,
+    redact_text,
+)
 from medlora.data._prepare import PreparedData
 from medlora.data._records import KINDS
 from medlora.data._tokenize import (
@@ -30,6 +37,7 @@ __all__ = [
     "LoadOptions",
     "LoadReport",
     "LoadedData",
+    "PHIDetector",
     "PHIReport",
     "PHISpan",
     "PHI_KINDS",

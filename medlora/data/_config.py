@@ -17,7 +17,7 @@ from medlora._config import ConfigBase, in_range, one_of
 from medlora._errors import ConfigError
 from medlora.data._dataset import ClinicalDataset
 from medlora.data._hygiene import DataCard, DedupReport
-from medlora.data._phi import PHIReport
+from medlora.data._phi import PHIDetector, PHIReport
 from medlora.data._records import KINDS
 
 Format = Literal["auto", "jsonl", "json", "csv", "parquet", "hf"]
@@ -95,8 +95,17 @@ class DataConfig(ConfigBase):
     phi: Literal["off", "report", "redact", "fail"] = attrs.field(
         default="off", validator=one_of("off", "report", "redact", "fail")
     )
-    """Pattern de-identification: ``report`` counts identifiers by kind, ``redact`` replaces
-    them with ``[KIND]``, ``fail`` stops naming records and kinds (never the text)."""
+    """De-identification: ``report`` counts identifiers by kind, ``redact`` replaces them with
+    ``[KIND]`` in every kept text field and groups with keyed pseudonyms, ``fail`` stops naming
+    records and kinds (never the text)."""
+    phi_engine: Literal["auto", "presidio", "patterns"] = attrs.field(
+        default="auto", validator=one_of("auto", "presidio", "patterns")
+    )
+    """``auto``: presidio with a spaCy pipeline when the ``phi`` extra is installed (names and
+    places without cue words), else patterns only, with a warning; ``presidio`` requires it;
+    ``patterns``: cue-based names only."""
+    phi_model: str | None = None
+    """spaCy English pipeline for ``presidio`` (``None``: ``en_core_web_sm`` if installed)."""
     dedup: Literal["off", "exact", "near"] = attrs.field(
         default="off", validator=one_of("off", "exact", "near")
     )
@@ -173,7 +182,8 @@ class DataConfig(ConfigBase):
     ) -> tuple[ClinicalDataset, PHIReport | None, DedupReport | None]:
         phi = None
         if self.phi != "off":
-            dataset, phi = dataset.deidentify(mode=self.phi)
+            detector = PHIDetector(engine=self.phi_engine, spacy_model=self.phi_model)
+            dataset, phi = dataset.deidentify(mode=self.phi, detector=detector)
         removed = None
         if dedup and self.dedup != "off":
             dataset, removed = dataset.deduplicate(

@@ -35,7 +35,7 @@ from medlora.data._hygiene import (
     exact_duplicates,
     near_duplicates,
 )
-from medlora.data._phi import PHIReport, scan_messages
+from medlora.data._phi import PHIDetector, PHIReport, scan_records
 from medlora.data._prepare import PreparedData, Truncation, prepare
 from medlora.data._tokenize import TokenizedExample, tokenize_batch
 from medlora.data._validate import (
@@ -393,20 +393,31 @@ class ClinicalDataset:
         )
 
     def deidentify(
-        self, *, mode: PHIMode = "redact", keep_year: bool = False
+        self,
+        *,
+        mode: PHIMode = "redact",
+        keep_year: bool = False,
+        detector: PHIDetector | None = None,
+        key: str | bytes | None = None,
     ) -> tuple[ClinicalDataset, PHIReport]:
         """Find HIPAA Safe Harbor identifiers in every message (offline, see ``medlora.data``).
 
         Args:
             mode: ``"report"`` (dataset unchanged), ``"redact"`` (identifiers replaced by
-                ``[KIND]`` placeholders) or ``"fail"`` (raise :class:`~medlora.PHIDetectedError`
-                naming record indices and kinds, never the text).
+                ``[KIND]`` placeholders in every kept text field: the messages and the strings
+                of each record's ``source``; groups replaced by keyed pseudonyms) or ``"fail"``
+                (raise :class:`~medlora.PHIDetectedError` naming record indices and kinds, never
+                the text).
             keep_year: Redact dates to ``[DATE:YYYY]``, keeping the year.
+            detector: Which layers run (default :class:`~medlora.data.PHIDetector`: presidio
+                when the ``phi`` extra is installed, else patterns with a warning).
+            key: Key of the group pseudonyms; ``None``: ``$MEDLORA_PHI_KEY``, else a digest of
+                these records (the same file always gives the same pseudonyms).
         """
         if mode not in ("report", "redact", "fail"):
             raise DatasetError(f"mode={mode!r} must be 'report', 'redact' or 'fail'")
-        redacted, report = scan_messages(
-            [r.messages for r in self.records], redact=mode == "redact", keep_year=keep_year
+        redacted, report = scan_records(
+            self.records, redact=mode == "redact", keep_year=keep_year, detector=detector, key=key
         )
         if mode == "fail" and report.records:
             located = [self.records[i].index for i in report.records]
@@ -422,10 +433,7 @@ class ClinicalDataset:
             raise PHIDetectedError(problems, hint="De-identify first: deidentify(mode='redact').")
         if mode != "redact":
             return self, report
-        records = tuple(
-            attrs.evolve(r, messages=tuple(m)) for r, m in zip(self.records, redacted, strict=True)
-        )
-        return attrs.evolve(self, records=records), report
+        return attrs.evolve(self, records=tuple(redacted)), report
 
 
 def _prompt_text(record: ClinicalRecord) -> str:

@@ -102,8 +102,8 @@ def _choice_item(index: int, record: ClinicalRecord | Mapping[str, Any]) -> Choi
     if not options or not isinstance(question, str):
         return None
     if record.kind == "multiple_choice":  # the validated reply "B. text" honours the index base
-        replies = [f"{k}. {v}" for k, v in options]
-        answer: Any = options[replies.index(record.messages[-1]["content"])][0]
+        reply = record.messages[-1]["content"]  # its letter, as the text may have been redacted
+        answer: Any = next((k for k, _ in options if reply.startswith(f"{k}. ")), reply)
     else:  # a conversation that carries its question's fields (the embedded set)
         answer = record.source.get("answer_idx", record.source.get("answer"))
     letters = [k for k, _ in options]

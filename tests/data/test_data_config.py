@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,16 @@ def test_bad_data_fails_before_the_model_loads(tmp_path: Path) -> None:
         QLoRATrainer(config).train(progress=False)
     assert info.value.path == str(path)
     assert not (tmp_path / "r").exists()
+
+
+def test_phi_engine_is_checked_and_patterns_run_without_warning(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'presidio'"):
+        DataConfig(phi_engine="presidi")  # type: ignore[arg-type]
+    rows = [{"question": "Seen with her daughter Maria Lopez on 03/14/2021. Plan?", "answer": "."}]
+    path = _jsonl(tmp_path / "phi.jsonl", rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = DataConfig(path=str(path), phi="redact", phi_engine="patterns").load()
+    assert (
+        loaded.records[0].messages[0]["content"] == "Seen with her daughter [NAME] on [DATE]. Plan?"
+    )

@@ -54,6 +54,20 @@ def test_eval_recreates_exactly_the_held_out_records(tmp_path: Path) -> None:
     assert not {r.group for r in held} & {r.group for r in expected.train}
 
 
+def test_eval_recreates_the_held_out_records_of_redacted_data(tmp_path: Path) -> None:
+    """Group ids are replaced by keyed pseudonyms that come out the same when eval reloads."""
+    data = {"path": str(_notes(tmp_path)), "eval": 0.25, "phi": "redact", "phi_engine": "patterns"}
+    config = _config(tmp_path, **data)
+    held = held_out_dataset(_export(tmp_path, config))
+    expected = run_data(config)
+    assert expected.held_out is not None
+    assert [r.id for r in held] == [r.id for r in expected.held_out]
+    groups = {r.group for r in held}
+    assert all(g is not None and g.startswith("group-") for g in groups)
+    assert not groups & {r.group for r in expected.train}
+    assert all(r.source["mrn"] == r.group for r in held)
+
+
 def test_eval_refuses_a_run_that_held_out_nothing(tmp_path: Path) -> None:
     """Before: validation_fraction 0 fell back to 0.1 and scored records the model trained on."""
     config = TrainingConfig(model="m", output_dir=tmp_path / "run", validation_fraction=0.0)
