@@ -16,8 +16,11 @@ from typing import Any
 
 import attrs
 
-QUESTION = "What are warning signs of pneumonia that need urgent care?"
-"""What the quickstart asks the exported Q4_K_M model."""
+QUESTION = "I have just been told I have pneumonia. When should I get urgent care?"
+"""What the quickstart asks the exported Q4_K_M model (no record asks it in these words)."""
+SYSTEM = "You are a patient education assistant. Keep answers short, clear and safe."
+"""The system prompt of the embedded patient-education records: the question is asked the way
+the model was tuned to answer (short replies that end on their own)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -37,7 +40,8 @@ class QuickstartOptions:
 
 
 class _Stages:
-    """Prints ``[i/n] what ...`` and, when the stage ends, its wall time."""
+    """Prints ``[i/n] what ...`` and, when the stage ends, its wall and CPU time (CPU time,
+    summed over this process's threads, does not grow when other jobs share the cores)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
@@ -47,30 +51,47 @@ class _Stages:
     def stage(self, name: str, what: str) -> Iterator[None]:
         self.done += 1
         print(f"[{self.done}/{self.total}] {what} ...", flush=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         yield
         self.times[name] = time.perf_counter() - started
-        print(f"      {name}: {self.times[name]:.1f} s", flush=True)
+        took = time.process_time() - cpu
+        print(f"      {name}: {self.times[name]:.1f} s (CPU {took:.1f} s)", flush=True)
 
 
 def _training_config(base: Path, options: QuickstartOptions) -> Any:
-    from medlora import TrainingConfig
+    from medlora import LoraConfig, TrainingConfig
 
-    # The tiny model learns fast from scratch; a real instruct model gets a gentle rate, short
-    # sequences (the embedded records fit in 384 tokens) and few steps, so the chain stays near
-    # two minutes on two CPU cores.
-    steps, rate, warmup, seq_len = (160, 3e-3, 4, 512) if options.tiny else (16, 5e-4, 2, 384)
+    if options.tiny:  # learns fast from scratch
+        steps, batch, rate, warmup, seq_len, dropout = 160, 4, 3e-3, 4, 512, 0.05
+    else:
+        # The real instruct model: 16 steps of 2 x 384 tokens (the embedded records fit in
+        # 384) at 2e-3 take the held-out loss from 2.65 to 1.95, and replies take the records'
+        # short house style and end on their own. No LoRA dropout: on a CPU it cost 9% of a
+        # step (profiled), and 16 steps do not overfit.
+        steps, batch, rate, warmup, seq_len, dropout = 16, 2, 2e-3, 2, 384, 0.0
     return TrainingConfig(
         model=str(base),
         output_dir=options.out / "run",
         seed=options.seed,
         max_steps=options.steps or steps,
-        micro_batch_size=4,
+        micro_batch_size=batch,
         learning_rate=rate,
         warmup_steps=warmup,
         max_seq_len=seq_len,
         validation_fraction=0.1 if options.tiny else 0.04,
+        lora=LoraConfig(dropout=dropout),
     )
+
+
+def _export_config(options: QuickstartOptions) -> Any:
+    from medlora import ExportConfig
+
+    if options.tiny:
+        return ExportConfig(gguf_types=("F16", "Q4_K_M"))
+    # Every check runs, on fewer positions than the defaults: held-out fidelity scoring of the
+    # four models was 70% of the export's CPU time at 1,024 positions (profiled), and 256
+    # positions still measure a perplexity ratio to about +-0.02.
+    return ExportConfig(gguf_types=("F16", "Q4_K_M"), fidelity_positions=256, imatrix_tokens=2048)
 
 
 def _ask(gguf_file: Path) -> str:
@@ -79,7 +100,12 @@ def _ask(gguf_file: Path) -> str:
     llm = open_gguf(gguf_file, n_ctx=1024)
     try:
         reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": QUESTION}], max_tokens=96, temperature=0.0
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": QUESTION},
+            ],
+            max_tokens=96,
+            temperature=0.0,
         )
     finally:
         llm.close()
@@ -88,7 +114,7 @@ def _ask(gguf_file: Path) -> str:
 
 def run_quickstart(options: QuickstartOptions) -> dict[str, float]:
     """Run the chain, print a report, and return each stage's wall time in seconds."""
-    from medlora import AdapterExporter, ExportConfig, QLoRATrainer
+    from medlora import AdapterExporter, QLoRATrainer
 
     started = time.perf_counter()
     model = "a tiny in-process Llama" if options.tiny else "SmolLM2-135M-Instruct"
@@ -108,9 +134,7 @@ def run_quickstart(options: QuickstartOptions) -> dict[str, float]:
     with stages.stage("training", "QLoRA training (NF4 4-bit base + LoRA on all linear layers)"):
         result = QLoRATrainer(_training_config(base, options)).train(progress=True)
     with stages.stage("export", "exporting adapter, merged safetensors and GGUF with checks"):
-        exported = AdapterExporter(result, ExportConfig(gguf_types=("F16", "Q4_K_M"))).export(
-            options.out / "export"
-        )
+        exported = AdapterExporter(result, _export_config(options)).export(options.out / "export")
     with stages.stage("answer", "asking the Q4_K_M GGUF model in llama.cpp"):
         answer = _ask(exported.gguf_files["Q4_K_M"])
     _report(result, exported, answer, tiny=options.tiny)
