@@ -109,7 +109,7 @@ def _run_variant(args: argparse.Namespace) -> dict[str, Any]:
         plot=False,
     )
     data = ClinicalDataset.from_records(records(args.batch * args.steps * 8, args.seq_len))
-    trainer = QLoRATrainer(config, dataset=data)
+    trainer = QLoRATrainer(config, train_dataset=data)
     trainer.setup()
     stamps: list[tuple[float, int]] = []  # (time, real input tokens so far)
     if torch.cuda.is_available():

@@ -197,7 +197,7 @@ def test_non_strict_parity_warns_and_keeps_the_export(trained_run: Any, tmp_path
         gguf_types=("Q4_K_M",),
         max_ppl_ratio={"Q4_K_M": 1.0},
         max_reply_kl={"Q4_K_M": 0.0},
-        strict=False,
+        on_failure="warn",
         formats=("gguf", "gguf-adapter"),
     )
     with pytest.warns(UserWarning, match="parity check failed"):
@@ -317,7 +317,7 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 
 def test_issue_thresholds_on_the_trained_model(exported: Any) -> None:
     """The issue's bars (F16 100%, Q8_0 >= 99%, Q4_K_M >= 95%), enforced by the export itself
-    (the fixture exports with strict=True, the defaults for F16 and Q8_0 and
+    (the fixture exports with on_failure="raise", the defaults for F16 and Q8_0 and
     ``min_agreement={"Q4_K_M": 0.95}``) and asserted here.
 
     Measured on the fixture (1,311 probe positions), tie-aware / raw top-1: F16 1.000 / 0.999,
