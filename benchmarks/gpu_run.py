@@ -130,7 +130,7 @@ def _profile_one(model: Path, work: Path, *, packing: bool, seq_len: int, batch:
         plot=False,
     )
     data = ClinicalDataset.from_records(records(batch * 24, seq_len))
-    trainer = QLoRATrainer(config, dataset=data, callbacks=[Step()])
+    trainer = QLoRATrainer(config, train_dataset=data, callbacks=[Step()])
     with prof:
         trainer.train(progress=False)
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"

@@ -95,7 +95,9 @@ def _run_variant(args: argparse.Namespace) -> dict[str, Any]:
     config = TrainingConfig(
         model=str(args.model),
         output_dir=Path(args.work) / args.variant,
-        lora=LoraConfig(rank=LORA["r"], alpha=LORA["lora_alpha"], dropout=LORA["lora_dropout"]),
+        lora=LoraConfig(
+            r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"]
+        ),
         max_seq_len=args.seq_len,
         micro_batch_size=args.batch,
         max_steps=args.steps,
@@ -109,7 +111,7 @@ def _run_variant(args: argparse.Namespace) -> dict[str, Any]:
         plot=False,
     )
     data = ClinicalDataset.from_records(records(args.batch * args.steps * 8, args.seq_len))
-    trainer = QLoRATrainer(config, dataset=data)
+    trainer = QLoRATrainer(config, train_dataset=data)
     trainer.setup()
     stamps: list[tuple[float, int]] = []  # (time, real input tokens so far)
     if torch.cuda.is_available():

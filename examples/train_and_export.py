@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=1e-3,
         validation_fraction=0.02,
     )
-    result = QLoRATrainer(config, dataset=dataset).train(progress=False)
+    result = QLoRATrainer(config, train_dataset=dataset).train(progress=False)
     print(
         f"held-out loss {result.initial_eval_loss:.3f} -> {result.final_eval_loss:.3f} "
         f"after {result.steps} steps ({result.seconds:.0f} s)"

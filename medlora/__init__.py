@@ -17,7 +17,7 @@ from medlora._errors import (
 )
 from medlora.data import ClinicalDataset, ClinicalRecord, DataConfig
 from medlora.export import AdapterExporter, ExportConfig, ExportResult
-from medlora.serve import load
+from medlora.serve import LoadedModel, load
 from medlora.training import (
     LoraConfig,
     QLoRATrainer,
@@ -39,6 +39,7 @@ __all__ = [
     "ExportConfig",
     "ExportError",
     "ExportResult",
+    "LoadedModel",
     "LoraConfig",
     "MedLoraError",
     "MissingDependencyError",

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from medlora._deprecated import upgrade_of
 from medlora._errors import ConfigError
 
 T = TypeVar("T", bound="ConfigBase")
@@ -63,6 +64,9 @@ class ConfigBase:
                 field=prefix or None,
                 path=path,
             )
+        upgrade = upgrade_of(cls)
+        if upgrade is not None:  # old keys warn and are read under their new names
+            data = upgrade(data, f"{path}: {prefix}" if path else prefix)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc, arg-type]
         kwargs: dict[str, Any] = {}

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import pkgutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import medlora
 
@@ -43,6 +48,72 @@ def test_all_lists_every_public_name_and_nothing_else() -> None:
     assert set(medlora.__all__) - {"__version__"} == public
     for name in medlora.__all__:
         assert hasattr(medlora, name)
+
+
+PACKAGES = ["medlora"] + [
+    f"medlora.{m.name}"
+    for m in pkgutil.iter_modules(medlora.__path__)
+    if m.ispkg and not m.name.startswith("_")
+]
+
+
+def test_every_package_all_lists_its_public_names() -> None:
+    for name in PACKAGES:
+        module = importlib.import_module(name)
+        public = {
+            n for n, v in vars(module).items() if not n.startswith("_") and not inspect.ismodule(v)
+        }
+        assert public == set(module.__all__) - {"__version__"}, name
+
+
+def _medlora_classes(hint: Any, out: set[type]) -> None:
+    if isinstance(hint, type):
+        if hint.__module__.startswith("medlora"):
+            out.add(hint)
+        return
+    for arg in typing.get_args(hint):
+        _medlora_classes(arg, out)
+
+
+def test_every_type_users_receive_is_importable() -> None:
+    """Return types of public functions and methods, and the types of public fields, are
+    exported by some package's ``__all__``."""
+    exported: dict[int, str] = {}
+    for name in PACKAGES:
+        module = importlib.import_module(name)
+        exported.update({id(getattr(module, n)): f"{name}.{n}" for n in module.__all__})
+    torch = importlib.import_module("torch")  # annotations name torch.Tensor
+    namespace = {n.rsplit(".", 1)[1]: obj for n, obj in _objects(exported)} | {"torch": torch}
+    received: dict[type, str] = {}
+    for where in exported.values():
+        obj = _lookup(where)
+        hints: list[Any] = []
+        members = [obj]
+        if inspect.isclass(obj):
+            hints += [
+                h for k, h in typing.get_type_hints(obj, None, namespace).items() if k[0] != "_"
+            ]
+            members = [
+                getattr(v, "fget", None) or getattr(v, "__func__", v)
+                for k, v in vars(obj).items()
+                if not k.startswith("_")
+            ]
+        for member in filter(inspect.isfunction, members):
+            hints.append(typing.get_type_hints(member, None, namespace).get("return"))
+        found: set[type] = set()
+        for hint in hints:
+            _medlora_classes(hint, found)
+        received.update({c: where for c in found if id(c) not in exported})
+    assert received == {}
+
+
+def _lookup(dotted: str) -> Any:
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _objects(exported: dict[int, str]) -> list[tuple[str, Any]]:
+    return [(where, _lookup(where)) for where in exported.values()]
 
 
 def test_import_is_cheap_and_has_no_side_effects() -> None:

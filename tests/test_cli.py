@@ -35,14 +35,14 @@ def test_train_then_export_from_a_yaml_config(
     config = tmp_path / "train.yaml"
     config.write_text(
         f"model: {tiny_model_dir}\noutput_dir: {tmp_path / 'run'}\nmax_steps: 3\n"
-        "max_seq_len: 256\nlora:\n  rank: 4\n  alpha: 8\n"
+        "max_seq_len: 256\nlora:\n  r: 4\n  lora_alpha: 8\n"
     )
     assert main(["train", str(config)]) == 0
     printed = capsys.readouterr().out
     assert "held-out loss" in printed and "held out  " in printed  # the data report came first
     assert printed.index("records ") < printed.index("held-out loss")
     meta = json.loads((tmp_path / "run/medlora.json").read_text())
-    assert meta["config"]["lora"]["rank"] == 4
+    assert meta["config"]["lora"]["r"] == 4
     assert meta["held_out"]["recipe"] == "fraction" and len(meta["held_out"]["fingerprint"]) == 64
     card = meta["data_card"]
     assert card["records"] == meta["train_records"] and sum(card["token_lengths"].values()) > 0

@@ -17,9 +17,10 @@ def _base(**kw: object) -> TrainingConfig:
 @pytest.mark.parametrize(
     ("make", "field", "hint"),
     [
-        (lambda: LoraConfig(rank=0), "rank", "greater than 0"),
-        (lambda: LoraConfig(rank=4.5), "rank", "whole number"),
-        (lambda: LoraConfig(dropout=1.5), "dropout", "between 0.0 and 0.9"),
+        (lambda: LoraConfig(r=0), "r", "greater than 0"),
+        (lambda: LoraConfig(r=4.5), "r", "whole number"),
+        (lambda: LoraConfig(lora_dropout=1.5), "lora_dropout", "between 0.0 and 0.9"),
+        (lambda: ExportConfig(on_failure="warning"), "on_failure", "did you mean 'warn'"),
         (lambda: LoraConfig(target_modules=[]), "target_modules", "all-linear"),
         (lambda: QuantizationConfig(quant_type="nf5"), "quant_type", "did you mean 'nf4'"),
         (lambda: _base(learning_rate=-1), "learning_rate", "greater than 0"),
@@ -42,17 +43,17 @@ def test_from_file_yaml_and_toml_round_trip(tmp_path: Path) -> None:
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text(
         "model: ./tinyllama\noutput_dir: runs/a\nmax_steps: 50\n"
-        "lora:\n  rank: 8\n  target_modules: [q_proj, v_proj]\n"
+        "lora:\n  r: 8\n  target_modules: [q_proj, v_proj]\n"
         "quantization:\n  double_quant: false\n"
     )
     config = TrainingConfig.from_file(yaml_file)
-    assert config.lora.rank == 8
+    assert config.lora.r == 8
     assert config.lora.target_modules == ("q_proj", "v_proj")
     assert config.quantization is not None and config.quantization.double_quant is False
     toml_file = tmp_path / "train.toml"
     toml_file.write_text(
         'model = "./tinyllama"\noutput_dir = "runs/a"\nmax_steps = 50\n'
-        '[lora]\nrank = 8\ntarget_modules = ["q_proj", "v_proj"]\n'
+        '[lora]\nr = 8\ntarget_modules = ["q_proj", "v_proj"]\n'
         "[quantization]\ndouble_quant = false\n"
     )
     assert TrainingConfig.from_file(toml_file) == config
@@ -65,17 +66,17 @@ def test_unknown_keys_get_a_did_you_mean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'learning_rate'") as info:
         TrainingConfig.from_file(path)
     assert info.value.path == path
-    path.write_text("model: m\noutput_dir: o\nlora:\n  rnak: 4\n")
-    with pytest.raises(ConfigError, match=r"'lora\.rnak'.*Did you mean 'rank'"):
+    path.write_text("model: m\noutput_dir: o\nlora:\n  lora_alhpa: 4\n")
+    with pytest.raises(ConfigError, match=r"'lora\.lora_alhpa'.*Did you mean 'lora_alpha'"):
         TrainingConfig.from_file(path)
 
 
 def test_nested_errors_carry_the_dotted_field(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('model = "m"\noutput_dir = "o"\n[lora]\nrank = -2\n')
+    path.write_text('model = "m"\noutput_dir = "o"\n[lora]\nr = -2\n')
     with pytest.raises(ConfigError) as info:
         TrainingConfig.from_file(path)
-    assert info.value.field == "lora.rank"
+    assert info.value.field == "lora.r"
     assert str(path) in str(info.value)
 
 

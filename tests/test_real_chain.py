@@ -32,7 +32,7 @@ def real_export(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         seed=0,
     )
     data = ClinicalDataset.default()
-    result = QLoRATrainer(config, dataset=data).train(progress=False)
+    result = QLoRATrainer(config, train_dataset=data).train(progress=False)
     export = ExportConfig(gguf_types=("F16", "Q4_K_M"))
     return result, AdapterExporter(result, export).export(run / "export")
 

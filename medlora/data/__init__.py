@@ -24,7 +24,13 @@ from medlora.data._tokenize import (
     tokenize_batch,
     tokenize_messages,
 )
-from medlora.data._validate import ClinicalRecord, LoadOptions, LoadReport, validate_row
+from medlora.data._validate import (
+    ClinicalRecord,
+    LoadKeywords,
+    LoadOptions,
+    LoadReport,
+    validate_row,
+)
 
 __all__ = [
     "ClinicalDataset",
@@ -34,6 +40,7 @@ __all__ = [
     "DedupReport",
     "IGNORE_INDEX",
     "KINDS",
+    "LoadKeywords",
     "LoadOptions",
     "LoadReport",
     "LoadedData",

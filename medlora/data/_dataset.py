@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import attrs
 
@@ -40,6 +40,7 @@ from medlora.data._prepare import PreparedData, Truncation, prepare
 from medlora.data._tokenize import TokenizedExample, tokenize_batch
 from medlora.data._validate import (
     ClinicalRecord,
+    LoadKeywords,
     LoadOptions,
     LoadReport,
     OnError,
@@ -141,20 +142,20 @@ class ClinicalDataset:
         return cls(tuple(kept), report)
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, **options: Any) -> ClinicalDataset:
+    def from_jsonl(cls, path: str | Path, **options: Unpack[LoadKeywords]) -> ClinicalDataset:
         """Load a JSON Lines file, one record per line (blank lines are ignored).
 
         Invalid JSON and non-UTF-8 lines are reported together with the records' own problems,
-        each at its 1-based ``line N`` (``record_index`` is the 0-based line index). Other
-        options as :meth:`from_records`.
+        each at its 1-based ``line N`` (``record_index`` is the 0-based line index). The
+        keywords (:class:`~medlora.data.LoadKeywords`) are those of :meth:`from_records`.
         """
         path = Path(path)
         rows, problems = read_jsonl(path)
-        options = {"source": str(path), **options}
+        options.setdefault("source", str(path))
         return cls._build(rows, problems, LoadOptions(**options), jsonl_line)
 
     @classmethod
-    def from_json(cls, path: str | Path, **options: Any) -> ClinicalDataset:
+    def from_json(cls, path: str | Path, **options: Unpack[LoadKeywords]) -> ClinicalDataset:
         """Load a JSON document: an array of records, ``{"data": [...]}`` (ACI-Bench), or an
         object keyed by id whose values hold ``QUESTION`` (PubMedQA's ``ori_pqal.json``).
 
@@ -163,12 +164,16 @@ class ClinicalDataset:
         (ACI-Bench: ``field_map={"src": "note", "tgt": "summary"}``).
         """
         path = Path(path)
-        options = {"source": str(path), **options}
+        options.setdefault("source", str(path))
         return cls._build(read_json(path), [], LoadOptions(**options), array_index)
 
     @classmethod
     def from_csv(
-        cls, path: str | Path, *, cache_dir: str | Path | None = None, **options: Any
+        cls,
+        path: str | Path,
+        *,
+        cache_dir: str | Path | None = None,
+        **options: Unpack[LoadKeywords],
     ) -> ClinicalDataset:
         """Load a CSV file through ``datasets`` (memory-mapped Arrow under ``cache_dir``).
 
@@ -178,31 +183,37 @@ class ClinicalDataset:
         """
         path = Path(path)
         table = load_arrow(path, "csv", cache_dir)
-        options = {"source": str(path), **options}
+        options.setdefault("source", str(path))
         return cls._build(iter_arrow(table), [], LoadOptions(**options), csv_lines(path))
 
     @classmethod
     def from_parquet(
-        cls, path: str | Path, *, cache_dir: str | Path | None = None, **options: Any
+        cls,
+        path: str | Path,
+        *,
+        cache_dir: str | Path | None = None,
+        **options: Unpack[LoadKeywords],
     ) -> ClinicalDataset:
         """Load a Parquet file through ``datasets`` (memory-mapped Arrow under ``cache_dir``);
         problems name ``row N``, 0-based as in pandas and pyarrow (also ``record_index``)."""
         path = Path(path)
         table = load_arrow(path, "parquet", cache_dir)
-        options = {"source": str(path), **options}
+        options.setdefault("source", str(path))
         return cls._build(iter_arrow(table), [], LoadOptions(**options), table_row)
 
     @classmethod
-    def from_hf(cls, data: Any, *, split: str = "train", **options: Any) -> ClinicalDataset:
+    def from_hf(
+        cls, data: Any, *, split: str = "train", **options: Unpack[LoadKeywords]
+    ) -> ClinicalDataset:
         """Load a ``datasets.Dataset``, a ``DatasetDict`` (its ``split``) or a directory written
         by ``save_to_disk``."""
         table = load_hf(data, split)
         source = str(data) if isinstance(data, (str, Path)) else f"<datasets:{split}>"
-        options = {"source": source, **options}
+        options.setdefault("source", source)
         return cls._build(iter_arrow(table), [], LoadOptions(**options), table_row)
 
     @classmethod
-    def default(cls, **options: Any) -> ClinicalDataset:
+    def default(cls, **options: Unpack[LoadKeywords]) -> ClinicalDataset:
         """The embedded synthetic clinical dataset (fictional patients; see its data card)."""
         ref = resources.files("medlora.data").joinpath("default", DEFAULT_DATA)
         with resources.as_file(ref) as path:
@@ -211,7 +222,7 @@ class ClinicalDataset:
 
     @classmethod
     def synthetic(
-        cls, *, seed: int = 0, n_per_task: int | None = None, **options: Any
+        cls, *, seed: int = 0, n_per_task: int | None = None, **options: Unpack[LoadKeywords]
     ) -> ClinicalDataset:
         """Freshly generated synthetic records (the embedded set's generator, fictional
         patients): ``n_per_task`` summarization, diagnosis, patient-education and

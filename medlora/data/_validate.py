@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import attrs
 
@@ -44,6 +44,20 @@ class LoadOptions:
             raise DatasetError(f"on_error={self.on_error!r} must be 'raise' or 'skip'")
         if self.answer_index_base not in (0, 1):
             raise DatasetError(f"answer_index_base={self.answer_index_base!r} must be 0 or 1")
+
+
+class LoadKeywords(TypedDict, total=False):
+    """The keywords of every ``ClinicalDataset.from_*`` file constructor, typed for IDEs and
+    mypy (``**options: Unpack[LoadKeywords]``): the fields of :class:`LoadOptions`, checked
+    there; each one is optional."""
+
+    kind: str | None
+    field_map: Mapping[str, str] | None
+    system_prompt: str | None
+    group_by: str | None
+    answer_index_base: int
+    on_error: OnError
+    source: str
 
 
 @attrs.frozen(kw_only=True)

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -23,6 +23,9 @@ from medlora.eval._tasks import (
     generation_items,
     request_items,
 )
+
+if TYPE_CHECKING:
+    from medlora.serve import LoadedModel
 
 TASKS = ("perplexity", "multiple_choice", "generation", "refusal")
 """Evaluation tasks, in table order. ``refusal`` treats every record as a request the model
@@ -158,7 +161,7 @@ ReplyHook = Callable[[str, GenerationItem, str], object]
 
 
 def evaluate_model(
-    model: Any,
+    model: LoadedModel,
     dataset: ClinicalDataset,
     config: EvalConfig | None = None,
     *,
@@ -168,8 +171,7 @@ def evaluate_model(
     """Every configured metric of one loaded model (see :func:`medlora.load`) on ``dataset``.
 
     Args:
-        model: A loaded model (:class:`~medlora.serve.HFModel` or
-            :class:`~medlora.serve.GGUFModel`).
+        model: What :func:`medlora.load` returned (a :class:`~medlora.serve.LoadedModel`).
         dataset: Held-out records.
         config: Tasks and limits.
         extra_choice_records: Raw multiple-choice records (e.g. PubMedQA from

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 
 from medlora._config import ConfigBase, in_range, integer, one_of, positive
+from medlora._deprecated import accepts_old_keywords, warn_deprecated, warn_old_attribute
 from medlora._errors import ConfigError
 from medlora.export._gguf import GGUF_LLAMA_CPP_TYPES, GGUF_NUMPY_TYPES
 from medlora.export._imatrix import IMATRIX_TYPES
@@ -140,6 +142,30 @@ def _imatrix_mode(_inst: object, attribute: attrs.Attribute[Any], value: Any) ->
         )
 
 
+ON_FAILURE = ("raise", "warn", "ignore")
+OnFailure = Literal["raise", "warn", "ignore"]
+
+
+def _old_check_flags(keywords: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The earlier booleans ``parity``/``strict`` onto ``on_failure``."""
+    out = dict(keywords)
+    if "parity" not in out and "strict" not in out:
+        return out
+    if "on_failure" in out:
+        raise ConfigError(
+            f"{where}parity/strict and on_failure are the same setting; give only on_failure.",
+            field="on_failure",
+        )
+    parity, strict = bool(out.pop("parity", True)), bool(out.pop("strict", True))
+    out["on_failure"] = "ignore" if not parity else "raise" if strict else "warn"
+    warn_deprecated(
+        f"{where}parity and strict are deprecated and will be removed in the next release; "
+        f"use on_failure={out['on_failure']!r} instead."
+    )
+    return out
+
+
+@accepts_old_keywords(_old_check_flags)
 @attrs.frozen(kw_only=True)
 class ExportConfig(ConfigBase):
     """What :class:`~medlora.AdapterExporter` writes and how strictly it checks it."""
@@ -163,10 +189,14 @@ class ExportConfig(ConfigBase):
         default="float16", validator=one_of("float16", "bfloat16", "float32")
     )
     """dtype of the merged safetensors (F16 GGUF is then an exact copy of it)."""
-    parity: bool = True
-    """Measure every artefact against the trained model (on by default)."""
-    strict: bool = True
-    """A failed parity threshold raises ExportError; ``False`` turns it into a warning."""
+    on_failure: OnFailure = attrs.field(default="raise", validator=one_of(*ON_FAILURE))
+    """What a failed export check does. Every artefact is measured against the trained model
+    either way (the figures go to ``parity.json`` and the model card); a failed gate then
+    ``"raise"``: raises :class:`~medlora.ExportError` and writes nothing; ``"warn"``: keeps
+    the export and warns; ``"ignore"``: keeps the export silently (the failures are still in
+    ``parity.json``). Replaces the booleans ``parity`` and ``strict`` (``strict=False`` is
+    ``"warn"``, ``parity=False`` is ``"ignore"``), which still work, with a
+    :class:`DeprecationWarning`, until the next release."""
     min_agreement: dict[str, float] = attrs.field(
         factory=dict, converter=dict, validator=_per_type("min_agreement", 0.0, 1.0)
     )
@@ -224,6 +254,18 @@ class ExportConfig(ConfigBase):
                 "imatrix='auto'.",
                 field="imatrix",
             )
+
+    @property
+    def parity(self) -> bool:
+        """Deprecated: ``on_failure != "ignore"``."""
+        warn_old_attribute("ExportConfig.parity", "ExportConfig.on_failure")
+        return self.on_failure != "ignore"
+
+    @property
+    def strict(self) -> bool:
+        """Deprecated: ``on_failure == "raise"``."""
+        warn_old_attribute("ExportConfig.strict", "ExportConfig.on_failure")
+        return self.on_failure == "raise"
 
     def merge_kl_limit(self, strategy: str) -> float:
         """Largest mean KL accepted for a merge made by ``strategy``."""

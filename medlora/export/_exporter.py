@@ -245,11 +245,11 @@ class AdapterExporter:
                     "versions": library_versions(),
                 },
             )
-            if problems and cfg.parity:
+            if problems and cfg.on_failure != "ignore":
                 message = "export parity check failed: " + "; ".join(problems)
-                if cfg.strict:
+                if cfg.on_failure == "raise":
                     raise ExportError(
-                        message + " (set strict=False to keep the export anyway)",
+                        message + " (set on_failure='warn' to keep the export anyway)",
                         measurements=parity,
                     )
                 warnings.warn(message, stacklevel=2)

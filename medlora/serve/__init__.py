@@ -8,7 +8,14 @@ from medlora._vllm import (
     vllm_available,
     vllm_command,
 )
-from medlora.serve._load import GGUFModel, HFModel, Loglikelihood, load
+from medlora.serve._load import (
+    GenerateKeywords,
+    GGUFModel,
+    HFModel,
+    LoadedModel,
+    Loglikelihood,
+    load,
+)
 from medlora.serve._server import (
     CHECKED_PATHS,
     RequestValidator,
@@ -21,7 +28,9 @@ from medlora.serve._server import (
 __all__ = [
     "CHECKED_PATHS",
     "GGUFModel",
+    "GenerateKeywords",
     "HFModel",
+    "LoadedModel",
     "Loglikelihood",
     "RequestValidator",
     "SUPPORTED_ARCHITECTURES",

@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    Protocol,
+    TypedDict,
+    Unpack,
+    overload,
+    runtime_checkable,
+)
 
 import attrs
 
@@ -33,6 +42,86 @@ class Loglikelihood:
     """Number of continuation tokens scored."""
     greedy: bool
     """Whether greedy decoding would have produced exactly these tokens."""
+
+
+class GenerateKeywords(TypedDict, total=False):
+    """The keywords ``generate`` and ``chat`` take besides ``stream`` (each optional)."""
+
+    max_new_tokens: int
+    """Most tokens to generate (128)."""
+    temperature: float
+    """0 (the default) is greedy; above 0, sampling at this temperature."""
+    stop: str | Sequence[str] | None
+    """Text that ends the reply where it appears (not included)."""
+    seed: int
+    """Sampling seed (0)."""
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """What :func:`~medlora.load` returns, whatever it loaded: a merged Hugging Face
+    directory or an adapter (:class:`HFModel`), or a GGUF file (:class:`GGUFModel`).
+
+    ``generate(prompt)`` continues raw text (BOS added); ``chat(messages)`` answers a
+    conversation rendered with the chat template. Both return the text, or with
+    ``stream=True`` an iterator of text pieces, and stop at EOS (or the chat template's end of
+    a reply), a ``stop`` string or ``max_new_tokens`` (:class:`GenerateKeywords`).
+    """
+
+    path: Path
+    """Where the model was loaded from."""
+
+    @property
+    def eos_token(self) -> str:
+        """The end-of-sequence token's text."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``, with BOS where the model adds one."""
+
+    def render(self, messages: Messages, *, generation_prompt: bool = False) -> str:
+        """The conversation as text, through the model's chat template."""
+
+    @overload
+    def generate(
+        self, prompt: str, *, stream: Literal[False] = ..., **options: Unpack[GenerateKeywords]
+    ) -> str: ...
+    @overload
+    def generate(
+        self, prompt: str, *, stream: Literal[True], **options: Unpack[GenerateKeywords]
+    ) -> Iterator[str]: ...
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        stream: Literal[False] = ...,
+        **options: Unpack[GenerateKeywords],
+    ) -> str: ...
+    @overload
+    def chat(
+        self, messages: Messages, *, stream: Literal[True], **options: Unpack[GenerateKeywords]
+    ) -> Iterator[str]: ...
+
+    def chat_many(
+        self, conversations: Sequence[Messages], *, max_new_tokens: int = 128, batch_size: int = 8
+    ) -> list[str]:
+        """Greedy replies to several conversations."""
+
+    def logprobs(self, ids: Sequence[int]) -> list[float]:
+        """``log P(ids[i] | ids[:i])`` for ``i = 1 .. len(ids) - 1``."""
+
+    def loglikelihood(self, context: str, continuation: str) -> Loglikelihood:
+        """Score ``continuation`` after ``context``."""
+
+    def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[Loglikelihood]:
+        """:meth:`loglikelihood` of each continuation after one shared ``context``."""
+
+    def close(self) -> None:
+        """Release the weights."""
+
+    def __enter__(self) -> LoadedModel: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 CACHE_RENAMED_IN = (5, 24)
@@ -510,8 +599,8 @@ def load(
     logits_all: bool = True,
     n_threads: int | None = None,
     quantization: QuantizationConfig | None = None,
-) -> HFModel | GGUFModel:
-    """Load a model for generation, chat and scoring.
+) -> LoadedModel:
+    """Load a model for generation, chat and scoring: a :class:`LoadedModel`.
 
     Args:
         path: A merged Hugging Face directory (``config.json`` + safetensors), a peft adapter

@@ -51,10 +51,11 @@ TINYLLAMA_1B = TinyLlamaSpec(
 
 
 def _synthetic_messages() -> list[dict[str, str]]:
-    """Every message of the embedded synthetic records, in order (as generated, unvalidated)."""
+    """Every message of the embedded synthetic records, in file order (as shipped, before
+    validation adds anything)."""
     from medlora.data import ClinicalDataset
 
-    return [m for r in ClinicalDataset.synthetic() for m in r.source["messages"]]
+    return [m for r in ClinicalDataset.default() for m in r.source["messages"]]
 
 
 def _default_corpus() -> list[str]:

@@ -8,6 +8,7 @@ from typing import Literal
 import attrs
 
 from medlora._config import ConfigBase, in_range, integer, non_negative, one_of, positive
+from medlora._deprecated import accepts_old_keywords, renamed, warn_old_attribute
 from medlora._errors import ConfigError
 from medlora.data import DataConfig, data_config
 
@@ -18,21 +19,26 @@ def _modules(value: str | list[str] | tuple[str, ...]) -> str | tuple[str, ...]:
     return tuple(value)
 
 
+@accepts_old_keywords(renamed(rank="r", alpha="lora_alpha", dropout="lora_dropout"))
 @attrs.frozen(kw_only=True)
 class LoraConfig(ConfigBase):
-    """Low-rank adapter settings (passed to peft)."""
+    """Low-rank adapter settings, under peft's names (passed on to ``peft.LoraConfig``).
 
-    rank: int = attrs.field(default=16, validator=[integer, positive])
-    """Rank ``r`` of each adapter; 8-64 is typical."""
-    alpha: float = attrs.field(default=32.0, converter=float, validator=positive)
-    """Scale numerator: updates are multiplied by ``alpha / rank`` (``alpha/sqrt(rank)``
+    The earlier names (``rank``, ``alpha``, ``dropout``) still work, as keywords and as
+    config-file keys, with a :class:`DeprecationWarning`; they go in the next release.
+    """
+
+    r: int = attrs.field(default=16, validator=[integer, positive])
+    """Rank of each adapter; 8-64 is typical."""
+    lora_alpha: float = attrs.field(default=32.0, converter=float, validator=positive)
+    """Scale numerator: updates are multiplied by ``lora_alpha / r`` (``lora_alpha / sqrt(r)``
     with rsLoRA)."""
-    dropout: float = attrs.field(default=0.05, converter=float, validator=in_range(0.0, 0.9))
+    lora_dropout: float = attrs.field(default=0.05, converter=float, validator=in_range(0.0, 0.9))
     """Dropout on the adapter input."""
     target_modules: str | tuple[str, ...] = attrs.field(default="all-linear", converter=_modules)
     """``"all-linear"`` (QLoRA's choice) or module names such as ``["q_proj", "v_proj"]``."""
     use_rslora: bool = False
-    """Rank-stabilised scaling ``alpha / sqrt(rank)``."""
+    """Rank-stabilised scaling ``lora_alpha / sqrt(r)``."""
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA)."""
     modules_to_save: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -45,6 +51,24 @@ class LoraConfig(ConfigBase):
                 "['q_proj', 'v_proj'].",
                 field="target_modules",
             )
+
+    @property
+    def rank(self) -> int:
+        """Deprecated name of :attr:`r`."""
+        warn_old_attribute("LoraConfig.rank", "LoraConfig.r")
+        return self.r
+
+    @property
+    def alpha(self) -> float:
+        """Deprecated name of :attr:`lora_alpha`."""
+        warn_old_attribute("LoraConfig.alpha", "LoraConfig.lora_alpha")
+        return self.lora_alpha
+
+    @property
+    def dropout(self) -> float:
+        """Deprecated name of :attr:`lora_dropout`."""
+        warn_old_attribute("LoraConfig.dropout", "LoraConfig.lora_dropout")
+        return self.lora_dropout
 
 
 @attrs.frozen(kw_only=True)

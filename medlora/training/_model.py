@@ -194,9 +194,9 @@ def attach_lora(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     target = lora.target_modules
     peft_config = PeftLoraConfig(
-        r=lora.rank,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
         target_modules=target if isinstance(target, str) else list(target),
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,

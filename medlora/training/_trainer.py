@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from medlora._deprecated import accepts_old_keywords, renamed, warn_old_attribute
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
 from medlora._hub import check_supported, load_tokenizer, resolve_model
 from medlora._io import disk_space, recover, write_json
@@ -79,17 +80,22 @@ def oom_as_error(advice: str = OOM_ADVICE) -> Iterator[None]:
 __all__ = ["QLoRATrainer", "TrainingResult"]
 
 
+@accepts_old_keywords(renamed(dataset="train_dataset"))
 @attrs.define
 class QLoRATrainer:
-    """Train LoRA adapters on a frozen 4-bit NF4 base."""
+    """Train LoRA adapters on a frozen 4-bit NF4 base.
+
+    ``QLoRATrainer(config, train_dataset=..., eval_dataset=...)``, as in TRL; the earlier
+    keyword ``dataset=`` still works, with a :class:`DeprecationWarning`, until the next release.
+    """
 
     config: TrainingConfig
     """What to train and how."""
-    dataset: ClinicalDataset | None = None
+    train_dataset: ClinicalDataset | None = None
     """Training records; by default ``config.data`` (or the embedded synthetic set), split by
     patient into train and held-out parts."""
     eval_dataset: ClinicalDataset | None = None
-    """Held-out records; by default the split of ``dataset``."""
+    """Held-out records; by default the split of ``train_dataset``."""
     callbacks: Sequence[object] = ()
     """Objects with any of the :class:`Callback` hooks ``on_step``, ``on_eval``, ``on_save``."""
     model: Any = attrs.field(default=None, init=False, repr=False)
@@ -104,6 +110,12 @@ class QLoRATrainer:
     _data: RunData | None = attrs.field(default=None, init=False, repr=False)
     _token_lengths: list[int] = attrs.field(factory=list, init=False, repr=False)
 
+    @property
+    def dataset(self) -> ClinicalDataset | None:
+        """Deprecated name of :attr:`train_dataset`."""
+        warn_old_attribute("QLoRATrainer.dataset", "QLoRATrainer.train_dataset")
+        return self.train_dataset
+
     def check_data(self) -> RunData:
         """Load, validate and split the records, before any model loads (kept for
         :meth:`train`); ``RunData.report()`` is the data report ``medlora train`` prints.
@@ -114,11 +126,11 @@ class QLoRATrainer:
         if self._data is not None:
             return self._data
         cfg = self.config
-        if self.dataset is None and self.eval_dataset is None:
+        if self.train_dataset is None and self.eval_dataset is None:
             self._data = run_data(cfg)
             return self._data
-        loaded = None if self.dataset is not None else run_data_config(cfg).load()
-        train = self.dataset if loaded is None else loaded.records
+        loaded = None if self.train_dataset is not None else run_data_config(cfg).load()
+        train = self.train_dataset if loaded is None else loaded.records
         if train is None:  # pragma: no cover - one of the two is set
             raise DatasetError("no training records")
         held = self.eval_dataset

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from medlora.data._synthetic import (
     CONDITIONS,
@@ -179,3 +182,23 @@ def test_synthetic_dataset_is_the_generator_grouped_by_patient() -> None:
     assert [r.id for r in dataset] == [r["id"] for r in records]
     assert [r.group for r in dataset] == [r["patient_id"] for r in records]
     assert dataset.records[0].source["task"] == records[0]["task"]
+
+
+def test_the_tables_are_data_files_that_ship_with_the_package() -> None:
+    """The generator reads its tables from YAML beside it, and every data file under
+    ``medlora/`` is matched by a package-data glob (a wheel built with ``pip wheel .`` held
+    ``data/synthetic/conditions.yaml``, ``phrases.yaml`` and ``data/default/*``)."""
+    root = Path(__file__).resolve().parents[2]
+    tables = root / "medlora" / "data" / "synthetic"
+    conditions = yaml.safe_load((tables / "conditions.yaml").read_text(encoding="utf-8"))
+    assert [c["name"] for c in conditions] == [c.name for c in CONDITIONS]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = pyproject["tool"]["setuptools"]["package-data"]["medlora"]
+    data_files = [
+        p.relative_to(root / "medlora").as_posix()
+        for p in (root / "medlora").rglob("*")
+        if p.is_file() and p.suffix not in {".py", ".pyc"}
+    ]
+    assert {"data/synthetic/conditions.yaml", "data/synthetic/phrases.yaml"} <= set(data_files)
+    unshipped = [f for f in data_files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert unshipped == []

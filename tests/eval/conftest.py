@@ -54,7 +54,7 @@ def mc_run(tmp_path_factory: pytest.TempPathFactory, knowing_model_dir: Path) ->
         seed=0,
     )
     started = time.perf_counter()
-    result = QLoRATrainer(config, dataset=dataset).train(progress=False)
+    result = QLoRATrainer(config, train_dataset=dataset).train(progress=False)
     seconds = time.perf_counter() - started
     held_out = dataset.split(test_size=MC_HELD_OUT, seed=0)[1]
     return result, held_out, seconds

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from medlora import QuantizationConfig, load
+from medlora import LoadedModel, QuantizationConfig, load
 
 QUESTION = [
     {"role": "system", "content": "You are a careful clinical assistant."},
@@ -34,8 +34,19 @@ def test_shared_context_scores_equal_one_by_one(tiny_model_dir: Path) -> None:
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 
+def test_load_returns_a_loaded_model(tiny_model_dir: Path) -> None:
+    """``load`` is typed as returning the :class:`LoadedModel` protocol (mypy checks that
+    ``HFModel`` and ``GGUFModel`` satisfy it); at run time too the object has its members."""
+    with load(tiny_model_dir) as model:
+        assert isinstance(model, LoadedModel)
+        reply: str = model.chat(CONVERSATIONS[0], max_new_tokens=4)
+        pieces = list(model.chat(CONVERSATIONS[0], max_new_tokens=4, stream=True))
+    assert "".join(pieces) == reply
+
+
 def test_gguf_shared_context_scores_equal_one_by_one(exported: Any) -> None:
     with load(exported.gguf_files["Q8_0"], n_threads=1) as model:
+        assert isinstance(model, LoadedModel)
         context = model.render(QUESTION, generation_prompt=True)
         fast = model.loglikelihoods(context, OPTIONS)
         slow = [model.loglikelihood(context, option) for option in OPTIONS]

@@ -20,7 +20,7 @@ from medlora import ClinicalDataset, QLoRATrainer, TrainingConfig
 
 config = TrainingConfig.from_file(sys.argv[1])
 data = ClinicalDataset.from_records(json.loads(Path(sys.argv[2]).read_text())["train"])
-QLoRATrainer(config, dataset=data).train(progress=False)
+QLoRATrainer(config, train_dataset=data).train(progress=False)
 """
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def test_two_process_ddp_matches_one_process(
     single_cfg: TrainingConfig = attrs.evolve(
         ddp, micro_batch_size=4, output_dir=tmp_path / "single"
     )
-    single = QLoRATrainer(single_cfg, dataset=small_run.data()).train(progress=False)
+    single = QLoRATrainer(single_cfg, train_dataset=small_run.data()).train(progress=False)
 
     meta = json.loads((tmp_path / "ddp" / "medlora.json").read_text())
     assert meta["world_size"] == 2 and meta["metrics"]["steps"] == 4

@@ -27,7 +27,7 @@ from medlora import ClinicalDataset, QLoRATrainer, TrainingConfig
 config = TrainingConfig.from_file(sys.argv[1])
 data = json.loads(Path(sys.argv[2]).read_text())
 train, held_out = (ClinicalDataset.from_records(data[k]) for k in ("train", "eval"))
-trainer = QLoRATrainer(config, dataset=train, eval_dataset=held_out)
+trainer = QLoRATrainer(config, train_dataset=train, eval_dataset=held_out)
 trainer.train(progress=False)
 shards = {
     name: [list(p.to_local().shape), list(p.shape), str(p.dtype)]
@@ -85,7 +85,7 @@ def test_fsdp_two_processes_shard_resume_and_match_one_process(
         fsdp, max_steps=6, micro_batch_size=4, fsdp=False, output_dir=tmp_path / "one"
     )
     single = QLoRATrainer(
-        single_cfg, dataset=small_run.data(), eval_dataset=small_run.data(5, start=40)
+        single_cfg, train_dataset=small_run.data(), eval_dataset=small_run.data(5, start=40)
     ).train(progress=False)
 
     meta = json.loads((run / "medlora.json").read_text())

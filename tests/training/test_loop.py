@@ -32,7 +32,7 @@ class StallAfterCheckpoint:
 
 config = TrainingConfig.from_file(sys.argv[1])
 data = ClinicalDataset.from_records(json.loads(Path(sys.argv[3]).read_text()))
-QLoRATrainer(config, dataset=data, callbacks=[StallAfterCheckpoint()]).train(progress=False)
+QLoRATrainer(config, train_dataset=data, callbacks=[StallAfterCheckpoint()]).train(progress=False)
 """
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def test_resume_after_sigkill_gives_identical_weights(
 ) -> None:
     # LoRA dropout stays at its default 0.05: the restored RNG states make it replay exactly.
     straight = small_run.config(tiny_model_dir, tmp_path / "straight", save_every=10)
-    reference = QLoRATrainer(straight, dataset=small_run.data()).train(progress=False)
+    reference = QLoRATrainer(straight, train_dataset=small_run.data()).train(progress=False)
 
     resumed_cfg = small_run.config(tiny_model_dir, tmp_path / "killed", save_every=10)
     (tmp_path / "killed.json").write_text(json.dumps(resumed_cfg.to_dict(), default=str))
@@ -77,7 +77,9 @@ def test_resume_after_sigkill_gives_identical_weights(
     assert marker.read_text() == "10"
     assert not (tmp_path / "killed" / "adapter").exists()  # the killed run never finished
 
-    result = QLoRATrainer(resumed_cfg, dataset=small_run.data()).train(progress=False, resume=True)
+    result = QLoRATrainer(resumed_cfg, train_dataset=small_run.data()).train(
+        progress=False, resume=True
+    )
     assert result.resumed_from_step == 10 and result.steps == 20
     diff = small_run.max_abs_diff(
         small_run.adapter_weights(reference.adapter_dir),
@@ -105,7 +107,7 @@ def test_load_and_resume_recover_what_killed_runs_left(
     import medlora
 
     config = small_run.config(tiny_model_dir, tmp_path, max_steps=2, save_every=2)
-    QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
+    QLoRATrainer(config, train_dataset=small_run.data()).train(progress=False)
     adapter, ckpts = tmp_path / "adapter", tmp_path / "checkpoints"
     expected = small_run.adapter_weights(adapter)
     new = shutil.copytree(adapter, tmp_path / f".adapter.{DEAD}.0badc0de.partial")
@@ -127,7 +129,7 @@ def test_load_and_resume_recover_what_killed_runs_left(
     assert small_run.max_abs_diff(small_run.adapter_weights(adapter), expected) == 0
     assert leftovers(tmp_path) == sorted([old.name, ".adapter.x1y2z3.partial", ".notes"])
 
-    QLoRATrainer(config, dataset=small_run.data()).train(progress=False, resume=True)
+    QLoRATrainer(config, train_dataset=small_run.data()).train(progress=False, resume=True)
     assert leftovers(tmp_path) == [".adapter.x1y2z3.partial", ".notes"]
     assert sorted(p.name for p in ckpts.iterdir()) == ["README", "step-0000002"]
     assert all(path.exists() for path in foreign)
@@ -145,7 +147,7 @@ def test_run_artefacts_are_readable_by_another_user(
     previous = os.umask(0o022)
     try:
         config = small_run.config(tiny_model_dir, tmp_path / "run", max_steps=2, save_every=1)
-        QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
+        QLoRATrainer(config, train_dataset=small_run.data()).train(progress=False)
     finally:
         os.umask(previous)
     assert_readable_by_another_user(tmp_path / "run")
@@ -167,7 +169,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(
 ) -> None:
     config = small_run.config(tiny_model_dir, tmp_path, max_steps=5, keep_checkpoints=1)
     with pytest.raises(KeyboardInterrupt):
-        QLoRATrainer(config, dataset=small_run.data(), callbacks=[InterruptAt(3)]).train(
+        QLoRATrainer(config, train_dataset=small_run.data(), callbacks=[InterruptAt(3)]).train(
             progress=False
         )
     checkpoint = tmp_path / "checkpoints" / "step-0000003"
@@ -175,7 +177,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(
     assert json.loads((checkpoint / "state.json").read_text())["step"] == 3
     assert not (tmp_path / "adapter").exists()
 
-    result = QLoRATrainer(attrs.evolve(config, resume=True), dataset=small_run.data()).train(
+    result = QLoRATrainer(attrs.evolve(config, resume=True), train_dataset=small_run.data()).train(
         progress=False
     )
     assert result.resumed_from_step == 3 and result.steps == 5 and len(result.train_losses) == 5
@@ -200,7 +202,7 @@ def test_early_stopping_keeps_the_best_adapter(
         plot=True,
     )
     held_out = small_run.data(4, start=40)
-    result = QLoRATrainer(config, dataset=small_run.data(), eval_dataset=held_out).train(
+    result = QLoRATrainer(config, train_dataset=small_run.data(), eval_dataset=held_out).train(
         progress=False
     )
     assert result.stopped_early and result.steps == 3 and result.best_step == 1
@@ -218,8 +220,8 @@ def test_early_stopping_keeps_the_best_adapter(
     # the first eval forward and lose gradients afterwards; `again` evaluates, `one` not.)
     one = small_run.config(tiny_model_dir, tmp_path / "one", max_steps=1, warmup_steps=0)
     stopped_first_lr = attrs.evolve(config, warmup_steps=0, output_dir=tmp_path / "again")
-    a = QLoRATrainer(one, dataset=small_run.data()).train(progress=False)
-    b = QLoRATrainer(stopped_first_lr, dataset=small_run.data(), eval_dataset=held_out).train(
+    a = QLoRATrainer(one, train_dataset=small_run.data()).train(progress=False)
+    b = QLoRATrainer(stopped_first_lr, train_dataset=small_run.data(), eval_dataset=held_out).train(
         progress=False
     )
     assert b.best_step == 1
@@ -246,7 +248,7 @@ def test_cuda_oom_becomes_out_of_memory_error_with_advice(
     import torch
 
     trainer = QLoRATrainer(
-        small_run.config(tiny_model_dir, tmp_path, max_steps=2), dataset=small_run.data()
+        small_run.config(tiny_model_dir, tmp_path, max_steps=2), train_dataset=small_run.data()
     )
     trainer.setup()
     monkeypatch.setattr(trainer.objective, "forward", _raise_oom)
@@ -269,7 +271,7 @@ def test_oom_in_evaluation_and_loading_is_translated_too(
     held_out = small_run.data(4, start=40)
     trainer = QLoRATrainer(
         small_run.config(tiny_model_dir, tmp_path, max_steps=2),
-        dataset=small_run.data(),
+        train_dataset=small_run.data(),
         eval_dataset=held_out,
     )
     trainer.setup()
@@ -300,7 +302,7 @@ def test_hot_loop_reads_the_device_once_per_logged_step(
     config = small_run.config(
         tiny_model_dir, tmp_path, max_steps=6, log_every=3, grad_accum_steps=2, packing=packing
     )
-    trainer = QLoRATrainer(config, dataset=small_run.data())
+    trainer = QLoRATrainer(config, train_dataset=small_run.data())
     trainer.setup()
     reads: list[tuple[str, str]] = []
     looping = [True]  # until the loop ends (saving the adapter reads bitsandbytes' state)
@@ -344,7 +346,7 @@ def test_paged_8bit_adamw_on_cpu_is_a_config_error(
 ) -> None:
     config = small_run.config(tiny_model_dir, tmp_path, optimizer="paged_adamw_8bit")
     with pytest.raises(ConfigError, match="needs a CUDA GPU") as info:
-        QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
+        QLoRATrainer(config, train_dataset=small_run.data()).train(progress=False)
     assert info.value.field == "optimizer"
 
 
@@ -363,5 +365,5 @@ def test_paged_8bit_adamw_trains_on_gpu(
     tmp_path: Path,
 ) -> None:
     config = small_run.config(tiny_model_dir, tmp_path, max_steps=4, optimizer="paged_adamw_8bit")
-    result = QLoRATrainer(config, dataset=small_run.data()).train(progress=False)
+    result = QLoRATrainer(config, train_dataset=small_run.data()).train(progress=False)
     assert result.steps == 4 and all(map(lambda x: x == x, result.train_losses))

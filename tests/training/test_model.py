@@ -25,7 +25,7 @@ def setup_trainer(small_run: SmallRun) -> Callable[..., QLoRATrainer]:
 
     def setup(model_dir: Path, out: Path, **changes: Any) -> QLoRATrainer:
         trainer = QLoRATrainer(
-            small_run.config(model_dir, out, **changes), dataset=small_run.data()
+            small_run.config(model_dir, out, **changes), train_dataset=small_run.data()
         )
         trainer.setup()
         return trainer
