@@ -79,7 +79,7 @@ def _training_config(base: Path, options: QuickstartOptions) -> Any:
         warmup_steps=warmup,
         max_seq_len=seq_len,
         validation_fraction=0.1 if options.tiny else 0.04,
-        lora=LoraConfig(dropout=dropout),
+        lora=LoraConfig(lora_dropout=dropout),
     )
 
 
