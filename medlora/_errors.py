@@ -103,6 +103,8 @@ class DatasetError(MedLoraError, ValueError):
         if isinstance(problems, str):
             problems = [DatasetProblem(problems)]
         self.problems = list(problems)
+        self.hint = hint
+        """What to do about the problems (also the message's last line)."""
         shown = "\n".join(f"  - {p}" for p in self.problems[:20])
         more = len(self.problems) - 20
         if more > 0:

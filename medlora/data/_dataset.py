@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -317,12 +318,13 @@ class ClinicalDataset:
         """
         if truncation not in ("right", "drop"):
             raise DatasetError(f"truncation={truncation!r} must be 'right' or 'drop'")
-        out = tokenize_batch(
-            tokenizer,
-            [r.messages for r in self.records],
-            max_seq_len=max_seq_len,
-            assistant_only=assistant_only,
-        )
+        with self._located():
+            out = tokenize_batch(
+                tokenizer,
+                [r.messages for r in self.records],
+                max_seq_len=max_seq_len,
+                assistant_only=assistant_only,
+            )
         return [e for e in out if not (truncation == "drop" and e.truncated)]
 
     def prepare(
@@ -340,16 +342,33 @@ class ClinicalDataset:
         With ``cache_dir`` the result is saved under a key of data fingerprint, tokenizer hash
         and settings, and a later call with the same key loads it instead of recomputing.
         """
-        return prepare(
-            tokenizer,
-            [r.messages for r in self.records],
-            fingerprint=self.fingerprint,
-            max_seq_len=max_seq_len,
-            assistant_only=assistant_only,
-            truncation=truncation,
-            pack=pack,
-            cache_dir=cache_dir,
-        )
+        with self._located():
+            return prepare(
+                tokenizer,
+                [r.messages for r in self.records],
+                fingerprint=self.fingerprint,
+                max_seq_len=max_seq_len,
+                assistant_only=assistant_only,
+                truncation=truncation,
+                pack=pack,
+                cache_dir=cache_dir,
+            )
+
+    @contextlib.contextmanager
+    def _located(self) -> Iterator[None]:
+        """Problems raised about the n-th conversation name its file, record and line (or
+        index, row) instead, as loading does."""
+        try:
+            yield
+        except DatasetError as exc:
+            for problem in exc.problems:
+                at = problem.record_index
+                if at is None or not 0 <= at < len(self.records) or problem.location is not None:
+                    continue
+                problem.record_index = index = self.records[at].index
+                problem.path = problem.path or self.report.source
+                problem.location = None if index is None else self.report.locate(index)
+            raise type(exc)(list(exc.problems), hint=exc.hint) from None
 
     # --- hygiene -----------------------------------------------------------------------------
 

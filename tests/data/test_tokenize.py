@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from medlora import ClinicalDataset
+from medlora import ClinicalDataset, DatasetError
 from medlora.data import IGNORE_INDEX, collate, render, tokenize_batch, tokenize_messages
 from medlora.data._tokenize import render_fast
 
@@ -98,3 +99,33 @@ def test_fast_label_path_equals_the_offset_reference_on_every_record(tokenizer: 
             enc["input_ids"], enc["offset_mapping"], spans, bos_id=tokenizer.bos_token_id
         )
         assert list(example.labels) == reference
+
+
+def test_a_template_error_names_the_file_line_and_record(tmp_path: Path, tokenizer: Any) -> None:
+    """Tokenization problems are located the way loading problems are: file and line."""
+    import copy
+
+    bad = copy.deepcopy(tokenizer)
+    # A template that counts the turns first: no earlier rendering is a prefix of a later one,
+    # and it upper-cases contents, so replies cannot be located either way.
+    bad.chat_template = (
+        "{{ messages|length }}\n{% for m in messages %}<|{{ m.role }}|>{{ m.content|upper }}</s>"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    path = tmp_path / "notes.jsonl"
+    lines = [
+        json.dumps({"question": "Normal SpO2?", "answer": "95-100%."}),
+        "",  # a blank line: the second record sits on file line 3
+        json.dumps({"question": "Normal heart rate?", "answer": "60-100/min."}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    dataset = ClinicalDataset.from_jsonl(path)
+    for call in (dataset.tokenize, dataset.prepare):
+        with pytest.raises(DatasetError) as caught:
+            call(bad, max_seq_len=128)
+        located = [(p.path, p.record_index, p.location, p.field) for p in caught.value.problems]
+        assert located == [
+            (str(path), 0, "line 1", "messages"),
+            (str(path), 2, "line 3", "messages"),
+        ]
+        assert "cannot be located" in str(caught.value)
