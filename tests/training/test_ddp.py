@@ -44,7 +44,7 @@ def test_two_process_ddp_matches_one_process(
         tmp_path / "ddp",
         # Each process draws its own dropout masks, so with dropout the runs agree only in
         # distribution; without it they compute the same step.
-        lora=LoraConfig(dropout=0.0),
+        lora=LoraConfig(lora_dropout=0.0),
         **changes,
     )
     (tmp_path / "ddp.json").write_text(json.dumps(ddp.to_dict(), default=str))

@@ -49,7 +49,7 @@ def fsdp_config(small_run: SmallRun) -> Callable[..., TrainingConfig]:
         return small_run.config(
             model_dir,
             out,
-            lora=LoraConfig(dropout=0.0),  # each process draws its own dropout masks
+            lora=LoraConfig(lora_dropout=0.0),  # each process draws its own dropout masks
             max_steps=4,
             lr_scheduler="constant",  # a resumed run with more steps keeps the same schedule
             eval_every=2,

@@ -26,7 +26,7 @@ def lora_model(
         output_dir=tmp_path_factory.mktemp("loss"),
         max_seq_len=64,
         quantization=None,
-        lora=LoraConfig(dropout=0.0),  # the same forward twice: no dropout masks to differ
+        lora=LoraConfig(lora_dropout=0.0),  # the same forward twice: no dropout masks to differ
     )
     trainer = QLoRATrainer(config)
     trainer.setup()

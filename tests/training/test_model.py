@@ -115,7 +115,7 @@ def test_bf16_loss_and_gradients_match_float32(
     results = []
     for precision in ("no", "bf16"):
         trainer = setup_trainer(
-            tiny_model_dir, tmp_path, mixed_precision=precision, lora=LoraConfig(dropout=0.0)
+            tiny_model_dir, tmp_path, mixed_precision=precision, lora=LoraConfig(lora_dropout=0.0)
         )
         with torch.no_grad():  # a non-zero adapter, the same in both runs
             for name, p in trainer.model.named_parameters():
