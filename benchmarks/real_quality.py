@@ -417,7 +417,9 @@ def _train_and_export(
 
 
 def _training_summary(run_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((run_dir / "medlora.json").read_text())["metrics"]
+    from medlora import RunRecord
+
+    metrics = RunRecord.from_dir(run_dir).metrics
     losses = [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     keys = ("steps", "train_tokens", "seconds", "final_train_loss")
     return {**{k: metrics[k] for k in keys}, "first_loss": losses[0], "losses": losses}

@@ -22,6 +22,7 @@ from medlora.training import (
     LoraConfig,
     QLoRATrainer,
     QuantizationConfig,
+    RunRecord,
     TrainingConfig,
     TrainingResult,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "PHIDetectedError",
     "QLoRATrainer",
     "QuantizationConfig",
+    "RunRecord",
     "TrainingConfig",
     "TrainingError",
     "TrainingResult",

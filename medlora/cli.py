@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medlora._errors import MedLoraError
 
@@ -106,11 +107,13 @@ def _export(args: argparse.Namespace) -> int:
         f"fidelity on {text.get('positions', 0)} reply positions of {text.get('source', '?')}"
         " (reply top-1, KL, perplexity ratio to the reference; probe top-1):"
     )
-    for name, row in result.agreements.items():
-        imatrix = " imatrix" if row.imatrix else ""
+    for row in result.parity_rows:
+        got = row.agreement
+        notes = (" imatrix" if got.imatrix else "") + ("" if row.passed else "  FAILED")
         print(
-            f"  {name:<24} top-1 {_show(row.reply_top1, '.4f')}  KL {_show(row.reply_kl, '.3g')}"
-            f"  ppl x{_show(row.ppl_ratio, '.4f')}  probe top-1 {row.top1:.4f}{imatrix}"
+            f"  {row.artefact:<24} top-1 {_show(got.reply_top1, '.4f')}  "
+            f"KL {_show(got.reply_kl, '.3g')}  ppl x{_show(got.ppl_ratio, '.4f')}  "
+            f"probe top-1 {got.top1:.4f}{notes}"
         )
     return 0
 
@@ -181,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="medlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_quickstart, _add_train, _add_data, _add_export, _add_serve, _add_eval):
+        add(sub)
+    return parser
+
+
+def _add_quickstart(sub: Any) -> None:
+    """``medlora quickstart``: train, export and ask a small model in one go."""
     quick = sub.add_parser(
         "quickstart",
         help="fine-tune SmolLM2-135M-Instruct on the embedded data, export it, ask the GGUF",
@@ -199,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_quickstart)
+
+
+def _add_train(sub: Any) -> None:
+    """``medlora train CONFIG``."""
     train = sub.add_parser("train", help="train an adapter from a YAML/TOML config")
     train.add_argument("config", help="TrainingConfig file (.yaml, .toml or .json)")
     resume = train.add_mutually_exclusive_group()
@@ -215,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from step 0 even when output_dir holds checkpoints",
     )
     train.set_defaults(func=_train)
+
+
+def _add_data(sub: Any) -> None:
+    """``medlora data check|report FILE``."""
     data = sub.add_parser("data", help="check records, or show their data card, without training")
     data.add_argument("action", choices=["check", "report"], help="check: validate; report: card")
     data.add_argument(
@@ -238,12 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dedup", default="off", choices=["off", "exact", "near"])
     data.add_argument("--json", action="store_true", help="report: the card as JSON")
     data.set_defaults(func=_data)
+
+
+def _add_export(sub: Any) -> None:
+    """``medlora export RUN_DIR``."""
     export = sub.add_parser("export", help="export a training run (adapter, merged, GGUF)")
     export.add_argument("run_dir", help="output_dir of a finished training run")
     export.add_argument("--out", help="export directory (default RUN_DIR/export)")
     export.add_argument("--config", help="ExportConfig file")
     export.add_argument("--gguf", nargs="+", metavar="TYPE", help="GGUF types, e.g. F16 Q4_K_M")
     export.set_defaults(func=_export)
+
+
+def _add_serve(sub: Any) -> None:
+    """``medlora serve MODEL``."""
     serve = sub.add_parser("serve", help="serve a GGUF (llama.cpp) or print/run `vllm serve`")
     serve.add_argument("model", help="a .gguf file, a merged HF directory or an adapter directory")
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
@@ -257,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-only", action="store_true", help="for vLLM, print the command and exit"
     )
     serve.set_defaults(func=_serve)
+
+
+def _add_eval(sub: Any) -> None:
+    """``medlora eval EXPORT_DIR``."""
     evaluate = sub.add_parser("eval", help="compare base, adapter, merged and GGUF models")
     evaluate.add_argument("export_dir", help="an export directory (medlora export)")
     evaluate.add_argument("--out", help="output directory (default EXPORT_DIR/eval)")
@@ -274,7 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=64)
     evaluate.add_argument("--no-base", action="store_true", help="skip the base model")
     evaluate.set_defaults(func=_eval)
-    return parser
 
 
 def _cuda_allocator_defaults() -> None:

@@ -48,7 +48,7 @@ def test_train_then_export_from_a_yaml_config(
     assert card["records"] == meta["train_records"] and sum(card["token_lengths"].values()) > 0
     assert main(["export", str(tmp_path / "run"), "--gguf", "F16"]) == 0
     summary = capsys.readouterr().out
-    assert "gguf F16" in summary and "ppl x1.00" in summary
+    assert "gguf F16" in summary and "ppl x1.00" in summary and "FAILED" not in summary
     assert "reply positions of the run's held-out records" in summary
     assert (tmp_path / "run/export/gguf/export-F16.gguf").is_file()
 

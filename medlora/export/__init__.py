@@ -15,7 +15,13 @@ from medlora.export._gguf import GGUF_LLAMA_CPP_TYPES, GGUF_NUMPY_TYPES, quantiz
 from medlora.export._gguf_lora import write_lora_gguf
 from medlora.export._imatrix import IMATRIX_TYPES, ImportanceMatrix, collect_imatrix
 from medlora.export._merge import merge_adapter
-from medlora.export._parity import Agreement, compare_replies, hf_logits, llama_cpp_logits
+from medlora.export._parity import (
+    Agreement,
+    ParityRow,
+    compare_replies,
+    hf_logits,
+    llama_cpp_logits,
+)
 
 __all__ = [
     "AdapterExporter",
@@ -31,6 +37,7 @@ __all__ = [
     "GGUF_NUMPY_TYPES",
     "IMATRIX_TYPES",
     "ImportanceMatrix",
+    "ParityRow",
     "collect_imatrix",
     "compare_replies",
     "hf_logits",

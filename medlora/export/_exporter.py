@@ -29,19 +29,20 @@ from medlora.export._card import model_card, write_modelfiles
 from medlora.export._config import ExportConfig
 from medlora.export._fidelity import RunText, run_text
 from medlora.export._gguf import GGUF_NUMPY_TYPES, gguf_preflight, quantize_gguf, write_gguf
-from medlora.export._gguf_checks import check_gguf_files
+from medlora.export._gguf_checks import GgufChecks, check_gguf_files
 from medlora.export._gguf_lora import write_lora_gguf
 from medlora.export._imatrix import ImportanceMatrix, collect_imatrix
 from medlora.export._merge import load_trained, load_upcast, release_memory, write_merged_weights
 from medlora.export._parity import (
     Agreement,
     ModelOutputs,
+    ParityRow,
     hf_outputs,
     measure,
     probe_ids,
     reference_replies,
 )
-from medlora.training import QuantizationConfig, TrainingResult
+from medlora.training import QuantizationConfig, RunRecord, TrainingResult
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +64,10 @@ class ExportResult:
     agreements: dict[str, Agreement] = attrs.field(factory=dict)
     """Artefact (``merged (nf4-roundtrip)``, ``gguf Q4_K_M``, ...) -> its measurements
     against the reference: top-1, KL and, on held-out replies, the perplexity ratio."""
+    parity_rows: tuple[ParityRow, ...] = ()
+    """One row per measured artefact (the merged model, then each GGUF file): its
+    measurements, the gates it was held to and whether it passed (``parity.json``'s
+    ``artefacts``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -78,6 +83,94 @@ class _Merged:
     """Importance matrix collected from it, for the K-quants."""
     measured: dict[str, Agreement]
     """Every candidate strategy against the trained model."""
+
+
+@attrs.frozen(kw_only=True)
+class _Plan:
+    """What every step of an export needs, settled before anything is written."""
+
+    record: RunRecord
+    """The training run's record."""
+    base: Path
+    """The base model directory."""
+    quant: QuantizationConfig | None
+    """How training quantized the base."""
+    adapter: Path
+    """The run's adapter directory."""
+    tokenizer: Any
+    name: str
+    """The export's name (GGUF file names, model card)."""
+    ids: list[list[int]]
+    """Probe prompts' token ids."""
+    text: RunText
+    """Held-out replies to measure on, calibration text for the importance matrix."""
+    need: int
+    """Bytes the export is estimated to need."""
+
+
+@attrs.define
+class _Shipped:
+    """What the export has written so far and what it measured."""
+
+    parity: dict[str, Any]
+    """``parity.json`` as it grows."""
+    files: dict[str, str] = attrs.field(factory=dict)
+    """Artefact description -> path inside the export (the model card's file table)."""
+    rows: list[ParityRow] = attrs.field(factory=list)
+    problems: list[str] = attrs.field(factory=list)
+    """Problems not tied to one artefact (shared by the GGUF files)."""
+    adapter_dir: Path | None = None
+    merged_dir: Path | None = None
+    gguf_files: dict[str, Path] = attrs.field(factory=dict)
+    strategy: str | None = None
+
+    def add_adapter(self, path: Path) -> None:
+        self.adapter_dir = path
+        self.files["peft adapter (vLLM --enable-lora)"] = "adapter/"
+
+    def add_lora_gguf(self, path: Path) -> None:
+        self.files["GGUF LoRA adapter (llama.cpp --lora, on the base GGUF)"] = f"gguf/{path.name}"
+
+    def add_merged(self, merged: _Merged, row: ParityRow, path: Path) -> None:
+        self.strategy, self.merged_dir = merged.strategy, path
+        self.parity["merge"] = {k: v.to_dict() for k, v in merged.measured.items()}
+        self.rows.append(row)
+        self.files["merged safetensors (vLLM)"] = "merged/"
+
+    def add_gguf(
+        self, files: dict[str, Path], checks: GgufChecks, imatrix: dict[str, Any] | None
+    ) -> None:
+        self.gguf_files = files
+        for qtype, path in files.items():
+            self.files[f"GGUF {qtype} (llama.cpp)"] = f"gguf/{path.name}"
+        self.parity["imatrix"] = imatrix
+        self.parity["tokenization"] = checks.tokenization
+        self.parity["chat_path"] = checks.chat_path
+        self.parity["generation"] = checks.generation
+        self.rows += checks.rows
+        self.problems += checks.problems
+
+    def drop_merged(self) -> None:
+        """The merged directory was only the GGUF files' source: it is not shipped."""
+        self.merged_dir = None
+        del self.files["merged safetensors (vLLM)"]
+
+    def all_problems(self) -> list[str]:
+        """Every failed gate: the artefacts' in order, then the shared ones."""
+        return [p for row in self.rows for p in row.problems] + self.problems
+
+    def result(self, out_dir: Path) -> ExportResult:
+        """The :class:`ExportResult`, with paths under ``out_dir`` (where the export lands)."""
+        return ExportResult(
+            out_dir=out_dir,
+            adapter_dir=out_dir / "adapter" if self.adapter_dir else None,
+            merged_dir=out_dir / "merged" if self.merged_dir else None,
+            gguf_files={k: out_dir / "gguf" / v.name for k, v in self.gguf_files.items()},
+            merge_strategy=self.strategy,
+            parity=self.parity,
+            agreements={row.artefact: row.agreement for row in self.rows},
+            parity_rows=tuple(self.rows),
+        )
 
 
 @attrs.define
@@ -100,7 +193,7 @@ class AdapterExporter:
         """The training run directory."""
         return self.run.run_dir if isinstance(self.run, TrainingResult) else Path(self.run)
 
-    def _run_info(self) -> dict[str, Any]:
+    def _run_record(self) -> RunRecord:
         recover(self.run_dir)  # e.g. an adapter/ a killed training left beside, not in place
         meta = self.run_dir / "medlora.json"
         if not meta.is_file() or not (self.run_dir / "adapter").is_dir():
@@ -108,8 +201,13 @@ class AdapterExporter:
                 f"{self.run_dir} is not a finished medlora training run (no "
                 "medlora.json or adapter/): pass the output_dir of a run."
             )
-        info: dict[str, Any] = json.loads(meta.read_text())
-        return info
+        record = RunRecord.from_dir(self.run_dir)
+        if record.base_model is None:
+            raise ExportError(
+                f"{meta} names no base_model: it is not the record of a finished training run; "
+                "pass the output_dir of a run."
+            )
+        return record
 
     def export(self, out_dir: str | Path) -> ExportResult:
         """Write every configured artefact under ``out_dir``, atomically.
@@ -129,139 +227,150 @@ class AdapterExporter:
             return self._export(out_dir, hint)
 
     def _export(self, out_dir: Path, hint: str) -> ExportResult:
+        """The export's steps, in order; each artefact's step returns it and its parity row."""
+        formats = self.config.formats
+        plan = self._plan(out_dir)
+        with atomic_dir(out_dir, error=ExportError, need=plan.need, hint=hint) as tmp:
+            shipped = _Shipped(parity={"artefacts": {}, "fidelity_text": _text_record(plan.text)})
+            if "adapter" in formats:
+                shipped.add_adapter(self._write_adapter(plan.adapter, tmp / "adapter", plan.base))
+            if "gguf-adapter" in formats:
+                shipped.add_lora_gguf(self._ship_lora_gguf(plan, tmp / "gguf"))
+            trained = load_trained(plan.base, plan.adapter, plan.quant)
+            reference = hf_outputs(trained, plan.ids, plan.text.fidelity)
+            del trained
+            release_memory()  # the 4-bit model is gone before any merge starts
+            merged: _Merged | None = None
+            if "merged" in formats or "gguf" in formats:
+                merged, row = self._ship_merged(plan, reference, tmp / "merged")
+                shipped.add_merged(merged, row, tmp / "merged")
+            fault_point("export-write", out_dir.name)
+            if "gguf" in formats and merged is not None:
+                shipped.add_gguf(*self._ship_gguf(plan, merged, tmp))
+                if "merged" not in formats:
+                    shutil.rmtree(tmp / "merged")
+                    shipped.drop_merged()
+            del merged, reference
+            shipped.parity["artefacts"] = {row.artefact: row.to_dict() for row in shipped.rows}
+            shipped.parity["vllm"] = self._check_vllm(shipped.adapter_dir, shipped.merged_dir)
+            self._write_records(plan, shipped, tmp)
+            self._judge(shipped)
+        return shipped.result(out_dir)
+
+    def _plan(self, out_dir: Path) -> _Plan:
+        """Read the run, refuse what cannot work (disk space, GGUF support) before any model
+        loads, and tokenize the text the artefacts are measured on."""
         cfg = self.config
-        info = self._run_info()
-        base = Path(info["base_model"])
-        quant_cfg = info["config"].get("quantization")
-        quant = QuantizationConfig.from_dict(quant_cfg) if quant_cfg else None
-        adapter_src = self.run_dir / "adapter"
+        record = self._run_record()
+        base = record.base_model
+        assert base is not None  # checked by _run_record
+        quant = record.quantization()
+        adapter = self.run_dir / "adapter"
         tokenizer = load_tokenizer(
-            adapter_src if (adapter_src / "tokenizer_config.json").exists() else base
+            adapter if (adapter / "tokenizer_config.json").exists() else base
         )
         recover(out_dir.parent)  # leftovers of killed exports beside this one, before measuring
         need = _check_free_space(out_dir, base)
         if "gguf" in cfg.formats:  # architecture, RoPE, tokenizer: refuse before merging
             gguf_preflight(base)
-        name = cfg.name or out_dir.name
-        parity: dict[str, Any] = {"artefacts": {}}
-        agreements: dict[str, Agreement] = {}
-        problems: list[str] = []
         ids = probe_ids(tokenizer)
         text = run_text(
-            info,
+            record,
             tokenizer,
             held_out=self.held_out,
             calibration=self.calibration,
             max_positions=cfg.fidelity_positions,
             max_calibration_tokens=cfg.imatrix_tokens if cfg.imatrix_types else 0,
         )
-        parity["fidelity_text"] = {
-            "source": text.fidelity.source,
-            "texts": len(text.fidelity.ids),
-            "positions": text.fidelity.positions,
-        }
-        with atomic_dir(out_dir, error=ExportError, need=need, hint=hint) as tmp:
-            files: dict[str, str] = {}
-            adapter_dir = merged_dir = None
-            if "adapter" in cfg.formats:
-                adapter_dir = self._write_adapter(adapter_src, tmp / "adapter", base)
-                files["peft adapter (vLLM --enable-lora)"] = "adapter/"
-            if "gguf-adapter" in cfg.formats:
-                lora = tmp / "gguf" / f"{name}-lora-F32.gguf"
-                write_lora_gguf(
-                    adapter_src, lora, base_model_dir=base, metadata=self._gguf_metadata(name, base)
-                )
-                files["GGUF LoRA adapter (llama.cpp --lora, on the base GGUF)"] = (
-                    f"gguf/{lora.name}"
-                )
-            reference = hf_outputs(load_trained(base, adapter_src, quant), ids, text.fidelity)
-            release_memory()  # the 4-bit model is gone before any merge starts
-            strategy = None
-            merged: _Merged | None = None
-            if "merged" in cfg.formats or "gguf" in cfg.formats:
-                merged_dir = tmp / "merged"
-                merged = self._merge(
-                    base, adapter_src, quant, ids, reference, merged_dir, tokenizer, text
-                )
-                strategy, kept = merged.strategy, merged.measured[merged.strategy]
-                parity["merge"] = {k: v.to_dict() for k, v in merged.measured.items()}
-                limit = cfg.merge_kl_limit(strategy)
-                if kept.mean_kl > limit:
-                    problems.append(
-                        f"merged ({strategy}) mean KL {kept.mean_kl:.3g} > {limit:g} (max_merge_kl)"
-                    )
-                agreements[f"merged ({strategy})"] = kept
-                files["merged safetensors (vLLM)"] = "merged/"
-            fault_point("export-write", out_dir.name)
-            gguf_files: dict[str, Path] = {}
-            if "gguf" in cfg.formats and merged is not None and merged_dir is not None:
-                imatrix = merged.imatrix
-                parity["imatrix"] = _imatrix_record(imatrix, cfg.imatrix_types, text)
-                gguf_files = self._write_gguf(merged_dir, tmp / "gguf", name, base, imatrix)
-                for qtype, path in gguf_files.items():
-                    files[f"GGUF {qtype} (llama.cpp)"] = f"gguf/{path.name}"
-                assert merged.outputs is not None
-                problems += check_gguf_files(
-                    gguf_files,
-                    ids=ids,
-                    text=text.fidelity,
-                    reference=merged.outputs,
-                    replies=merged.replies,
-                    imatrix_types=cfg.imatrix_types if imatrix is not None else (),
-                    tokenizer=tokenizer,
-                    config=cfg,
-                    parity=parity,
-                    agreements=agreements,
-                )
-                stops = stop_tokens(tokenizer)
-                write_modelfiles(tmp / "gguf", gguf_files, chat_template_of(tokenizer), stops)
-                if "merged" not in cfg.formats:
-                    shutil.rmtree(tmp / "merged")
-                    merged_dir = None
-            del merged, reference
-            parity["artefacts"] = {k: v.to_dict() for k, v in agreements.items()}
-            parity["vllm"] = self._check_vllm(
-                tmp / "adapter" if adapter_dir else None, tmp / "merged" if merged_dir else None
-            )
-            write_json(tmp / "parity.json", parity)
-            (tmp / "README.md").write_text(
-                model_card(
-                    name=name,
-                    base_model=cfg.base_model_id or str(base),
-                    license=cfg.license,
-                    training=info,
-                    parity=parity,
-                    files=files,
-                    version=library_versions()["medlora"],
-                )
-            )
-            write_json(
-                tmp / "medlora.json",
-                {
-                    "kind": "export",
-                    "export_config": cfg.to_dict(),
-                    "training": info,
-                    "merge_strategy": strategy,
-                    "versions": library_versions(),
-                },
-            )
-            if problems and cfg.on_failure != "ignore":
-                message = "export parity check failed: " + "; ".join(problems)
-                if cfg.on_failure == "raise":
-                    raise ExportError(
-                        message + " (set on_failure='warn' to keep the export anyway)",
-                        measurements=parity,
-                    )
-                warnings.warn(message, stacklevel=2)
-        return ExportResult(
-            out_dir=out_dir,
-            adapter_dir=out_dir / "adapter" if adapter_dir else None,
-            merged_dir=out_dir / "merged" if merged_dir else None,
-            gguf_files={k: out_dir / "gguf" / v.name for k, v in gguf_files.items()},
-            merge_strategy=strategy,
-            parity=parity,
-            agreements=agreements,
+        return _Plan(
+            record=record,
+            base=base,
+            quant=quant,
+            adapter=adapter,
+            tokenizer=tokenizer,
+            name=cfg.name or out_dir.name,
+            ids=ids,
+            text=text,
+            need=need,
         )
+
+    def _ship_lora_gguf(self, plan: _Plan, dst: Path) -> Path:
+        """The LoRA alone as a llama.cpp GGUF adapter (F32)."""
+        path = dst / f"{plan.name}-lora-F32.gguf"
+        metadata = self._gguf_metadata(plan.name, plan.base)
+        write_lora_gguf(plan.adapter, path, base_model_dir=plan.base, metadata=metadata)
+        return path
+
+    def _ship_merged(
+        self, plan: _Plan, reference: ModelOutputs, dst: Path
+    ) -> tuple[_Merged, ParityRow]:
+        """The merged model (the candidate closest to the trained model) and its row, gated on
+        mean KL (``max_merge_kl``)."""
+        merged = self._merge(plan, reference, dst)
+        strategy, kept = merged.strategy, merged.measured[merged.strategy]
+        limit = self.config.merge_kl_limit(strategy)
+        artefact = f"merged ({strategy})"
+        failed = kept.mean_kl > limit
+        problem = f"{artefact} mean KL {kept.mean_kl:.3g} > {limit:g} (max_merge_kl)"
+        row = ParityRow(
+            artefact=artefact,
+            kind="merged",
+            agreement=kept,
+            limits={"max_mean_kl": limit},
+            problems=(problem,) if failed else (),
+        )
+        return merged, row
+
+    def _ship_gguf(
+        self, plan: _Plan, merged: _Merged, tmp: Path
+    ) -> tuple[dict[str, Path], GgufChecks, dict[str, Any] | None]:
+        """Every GGUF type from the merged directory, each measured in llama.cpp against the
+        merged model; their Modelfiles; and ``parity.json``'s importance-matrix record."""
+        cfg, imatrix = self.config, merged.imatrix
+        files = self._write_gguf(tmp / "merged", tmp / "gguf", plan.name, plan.base, imatrix)
+        assert merged.outputs is not None  # measured whenever GGUF files follow
+        checks = check_gguf_files(
+            files,
+            ids=plan.ids,
+            text=plan.text.fidelity,
+            reference=merged.outputs,
+            replies=merged.replies,
+            imatrix_types=cfg.imatrix_types if imatrix is not None else (),
+            tokenizer=plan.tokenizer,
+            config=cfg,
+        )
+        stops = stop_tokens(plan.tokenizer)
+        write_modelfiles(tmp / "gguf", files, chat_template_of(plan.tokenizer), stops)
+        return files, checks, _imatrix_record(imatrix, cfg.imatrix_types, plan.text)
+
+    def _write_records(self, plan: _Plan, shipped: _Shipped, tmp: Path) -> None:
+        """``parity.json``, the model card (``README.md``) and ``medlora.json``."""
+        cfg = self.config
+        write_json(tmp / "parity.json", shipped.parity)
+        (tmp / "README.md").write_text(
+            model_card(
+                name=plan.name,
+                base_model=cfg.base_model_id or str(plan.base),
+                license=cfg.license,
+                training=plan.record.to_dict(),
+                parity=shipped.parity,
+                files=shipped.files,
+                version=library_versions()["medlora"],
+            )
+        )
+        plan.record.write_export(tmp, export_config=cfg.to_dict(), merge_strategy=shipped.strategy)
+
+    def _judge(self, shipped: _Shipped) -> None:
+        """Raise or warn when a parity gate failed, as ``on_failure`` says."""
+        problems = shipped.all_problems()
+        if problems and self.config.on_failure != "ignore":
+            message = "export parity check failed: " + "; ".join(problems)
+            if self.config.on_failure == "raise":
+                raise ExportError(
+                    message + " (set on_failure='warn' to keep the export anyway)",
+                    measurements=shipped.parity,
+                )
+            warnings.warn(message, stacklevel=3)
 
     def _write_adapter(self, src: Path, dst: Path, base: Path) -> Path:
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns(COMPLETE_MARKER))
@@ -271,17 +380,7 @@ class AdapterExporter:
         write_json(config_path, config)
         return dst
 
-    def _merge(
-        self,
-        base: Path,
-        adapter: Path,
-        quant: QuantizationConfig | None,
-        ids: list[list[int]],
-        reference: ModelOutputs,
-        dst: Path,
-        tokenizer: Any,
-        text: RunText,
-    ) -> _Merged:
+    def _merge(self, plan: _Plan, reference: ModelOutputs, dst: Path) -> _Merged:
         """Write each candidate strategy's merged directory and measure it as it ships.
 
         Each candidate is written in ``merged_dtype`` and measured against training from that
@@ -294,7 +393,7 @@ class AdapterExporter:
         """
         wanted = self.config.merge_strategy
         candidates = ["original", "nf4-roundtrip"] if wanted == "auto" else [wanted]
-        if quant is None:
+        if plan.quant is None:
             candidates = ["original"]
         for_gguf = "gguf" in self.config.formats
         measured: dict[str, Agreement] = {}
@@ -302,17 +401,17 @@ class AdapterExporter:
         extras: tuple[list[dict[str, Any]], ImportanceMatrix | None] = ([], None)
         for strategy in candidates:
             path = dst.with_name(f".merged-{strategy}")
-            self._write_merged(base, adapter, quant, strategy, path, tokenizer)
+            self._write_merged(plan, strategy, path)
             release_memory()  # what the merge freed, before the 16-bit model comes in
             model = load_upcast(path)
-            outputs = hf_outputs(model, ids, text.fidelity)
-            measured[strategy] = measure(reference, outputs, text.fidelity)
+            outputs = hf_outputs(model, plan.ids, plan.text.fidelity)
+            measured[strategy] = measure(reference, outputs, plan.text.fidelity)
             if kept is None or _distance(measured[strategy]) < _distance(measured[kept[0]]):
                 if kept is not None:
                     shutil.rmtree(dst.with_name(f".merged-{kept[0]}"))
                 kept = (strategy, outputs)
                 if for_gguf and strategy == candidates[-1]:
-                    extras = self._gguf_references(model, tokenizer, text)
+                    extras = self._gguf_references(model, plan.tokenizer, plan.text)
             else:
                 shutil.rmtree(path)
             del model, outputs
@@ -326,7 +425,7 @@ class AdapterExporter:
             )
         if strategy != candidates[-1]:
             model = load_upcast(dst)
-            extras = self._gguf_references(model, tokenizer, text)
+            extras = self._gguf_references(model, plan.tokenizer, plan.text)
             del model
             release_memory()
         return _Merged(
@@ -348,21 +447,14 @@ class AdapterExporter:
         dataset = f"medlora: {text.calibration_source}, {text.calibration_tokens} tokens"
         return replies, collect_imatrix(model, text.calibration, dataset=dataset)
 
-    def _write_merged(
-        self,
-        base: Path,
-        adapter: Path,
-        quant: QuantizationConfig | None,
-        strategy: str,
-        dst: Path,
-        tokenizer: Any,
-    ) -> Path:
+    def _write_merged(self, plan: _Plan, strategy: str, dst: Path) -> Path:
         from transformers import GenerationConfig
 
+        tokenizer, dtype = plan.tokenizer, self.config.merged_dtype
         write_merged_weights(
-            base, adapter, dst, strategy=strategy, quant=quant, dtype=self.config.merged_dtype
+            plan.base, plan.adapter, dst, strategy=strategy, quant=plan.quant, dtype=dtype
         )
-        copy_tokenizer_files(base, dst, tokenizer)
+        copy_tokenizer_files(plan.base, dst, tokenizer)
         stops = stop_token_ids(tokenizer)  # EOS, and a reply's end token when it differs
         GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
@@ -431,6 +523,15 @@ class AdapterExporter:
 def _distance(agreement: Agreement) -> float:
     """How far a merge is from the trained model: KL on held-out replies when measured."""
     return agreement.reply_kl if agreement.reply_kl is not None else agreement.mean_kl
+
+
+def _text_record(text: RunText) -> dict[str, Any]:
+    """``parity.json``'s account of the held-out text every artefact is measured on."""
+    return {
+        "source": text.fidelity.source,
+        "texts": len(text.fidelity.ids),
+        "positions": text.fidelity.positions,
+    }
 
 
 def _imatrix_record(

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from medlora.data import IGNORE_INDEX, ClinicalDataset, TokenizedExample
+from medlora.training import RunRecord
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +121,7 @@ def calibration_ids(
 
 
 def run_text(
-    info: Mapping[str, Any],
+    record: RunRecord,
     tokenizer: Any,
     *,
     held_out: ClinicalDataset | None,
@@ -131,7 +132,7 @@ def run_text(
     """The run's held-out and training records, tokenized as training tokenized them.
 
     Args:
-        info: The run's ``medlora.json`` (its training config and data fingerprint).
+        record: The run's record (its training config and data fingerprint).
         tokenizer: The training tokenizer.
         held_out: Records to score instead of the run's held-out split.
         calibration: Records to calibrate on instead of the run's training split.
@@ -144,9 +145,9 @@ def run_text(
     """
     held: ClinicalDataset | None
     if held_out is not None and calibration is not None:  # nothing of the run's is needed
-        max_seq_len, train, held, origin = _max_seq_len(info), calibration, held_out, "given"
+        max_seq_len, train, held, origin = record.max_seq_len, calibration, held_out, "given"
     else:
-        max_seq_len, train, held, origin = _run_splits(info)
+        max_seq_len, train, held, origin = _run_splits(record)
     if held_out is not None:
         held, held_name = held_out, "held-out records (given to the exporter)"
     elif held is not None and len(held):
@@ -171,31 +172,25 @@ def run_text(
 
 
 def _run_splits(
-    info: Mapping[str, Any],
+    record: RunRecord,
 ) -> tuple[int, ClinicalDataset, ClinicalDataset | None, str]:
     """``max_seq_len``, training and held-out records of the run (or of the embedded set) and
     whose they are."""
     from medlora._errors import MedLoraError
-    from medlora.training import TrainingConfig, run_datasets
 
     try:
-        config = TrainingConfig.from_dict(info.get("config", {}))
-        train, held = run_datasets(config)
+        data = record.rebuild()
     except (MedLoraError, OSError, TypeError) as exc:
         reason = f"its config does not rebuild them ({exc})"
     else:
-        if train.fingerprint == info.get("data_fingerprint"):
-            return config.max_seq_len, train, held, "the run's"
+        if data.train.fingerprint == record.data_fingerprint:
+            return record.max_seq_len, data.train, data.held_out, "the run's"
         reason = "they differ from what it trained on (in-memory datasets, or a changed file)"
     warnings.warn(
         f"export fidelity: the run's records cannot be rebuilt: {reason}; measuring on the "
         "embedded synthetic records instead (pass held_out= and calibration= to "
         "AdapterExporter to choose)",
-        stacklevel=4,
+        stacklevel=5,
     )
     train, held = ClinicalDataset.default().split(test_size=0.1, seed=0)
-    return _max_seq_len(info), train, held, "embedded synthetic"
-
-
-def _max_seq_len(info: Mapping[str, Any]) -> int:
-    return int(info.get("config", {}).get("max_seq_len", 1024))
+    return record.max_seq_len, train, held, "embedded synthetic"

@@ -115,35 +115,59 @@ def write_gguf(
                 writer.add_type(gguf.GGUFType.MODEL)
                 writer.add_name(extra.pop("general.name", model_dir.name))
                 _add_hparams(writer, gguf, config, rope, embed.shape[0], qtype)
-                for key, value in extra.items():
-                    if key == "general.base_model":
-                        writer.add_base_model_count(1)
-                        writer.add_base_model_name(0, value)
-                    else:
-                        writer.add_string(key, value)
+                add_metadata(writer, extra)
                 add_vocab(writer, vocab, model_dir)
-                for name, array in extras.items():  # first, as llama.cpp's converter does
-                    writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
-                for p in plans:
-                    raw = gguf.GGMLQuantizationType[p.qtype]
-                    block, type_size = gguf.GGML_QUANT_SIZES[raw]
-                    nbytes = _numel(p.shape) // block * type_size
-                    writer.add_tensor_info(p.name, p.shape, _f32(), nbytes, raw_dtype=raw)
+                _add_tensor_infos(writer, gguf, extras, plans)
                 writer.write_header_to_file()
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
-                # One tensor in memory at a time; stored-dtype tensors reuse one read buffer
-                # (a fresh 100+ MB allocation per tensor is page-faulted in again each time).
-                scratch = bytearray(max(_numel(h.shape) * 4 for h in handles.values()))
-                for array in extras.values():
-                    writer.write_tensor_data(_fast_write(array))
-                for p in plans:
-                    data = _convert(handles[p.source], p, gguf, scratch)
-                    writer.write_tensor_data(_fast_write(data))  # written before the next read
+                _write_tensor_data(writer, gguf, extras, plans, handles)
                 writer.flush()
             finally:
                 writer.close()
     return out_path
+
+
+def add_metadata(writer: Any, extra: Mapping[str, str]) -> None:
+    """Write checked metadata keys (:func:`_check_metadata`); ``general.base_model`` becomes
+    GGUF's ``general.base_model.0.name``."""
+    for key, value in extra.items():
+        if key == "general.base_model":
+            writer.add_base_model_count(1)
+            writer.add_base_model_name(0, value)
+        else:
+            writer.add_string(key, value)
+
+
+def _add_tensor_infos(
+    writer: Any, gguf: Any, extras: Mapping[str, Any], plans: list[_TensorPlan]
+) -> None:
+    """Declare every tensor: the computed extras first, as llama.cpp's converter does."""
+    for name, array in extras.items():
+        writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
+    for p in plans:
+        raw = gguf.GGMLQuantizationType[p.qtype]
+        block, type_size = gguf.GGML_QUANT_SIZES[raw]
+        nbytes = _numel(p.shape) // block * type_size
+        writer.add_tensor_info(p.name, p.shape, _f32(), nbytes, raw_dtype=raw)
+
+
+def _write_tensor_data(
+    writer: Any,
+    gguf: Any,
+    extras: Mapping[str, Any],
+    plans: list[_TensorPlan],
+    handles: Mapping[str, Any],
+) -> None:
+    """Every tensor's data, in declaration order, one tensor in memory at a time."""
+    # Stored-dtype tensors reuse one read buffer (a fresh 100+ MB allocation per tensor is
+    # page-faulted in again each time).
+    scratch = bytearray(max(_numel(h.shape) * 4 for h in handles.values()))
+    for array in extras.values():
+        writer.write_tensor_data(_fast_write(array))
+    for p in plans:
+        data = _convert(handles[p.source], p, gguf, scratch)
+        writer.write_tensor_data(_fast_write(data))  # written before the next read
 
 
 def quantize_gguf(

@@ -14,6 +14,7 @@ from medlora.export._imatrix import IMATRIX_TYPES
 from medlora.export._parity import (
     Agreement,
     ModelOutputs,
+    ParityRow,
     chat_path_report,
     chat_template_problems,
     generation_stops,
@@ -22,6 +23,22 @@ from medlora.export._parity import (
     probe_conversations,
     tokenization_report,
 )
+
+
+@attrs.frozen(kw_only=True)
+class GgufChecks:
+    """What the checks of an export's GGUF files measured and found."""
+
+    rows: tuple[ParityRow, ...]
+    """One per file, in ``gguf_types`` order."""
+    tokenization: dict[str, Any]
+    """llama.cpp's tokenization of the rendered probes against training's."""
+    chat_path: dict[str, Any]
+    """llama-cpp-python's chat-handler prompt ids against training's."""
+    generation: dict[str, Any]
+    """Per type: where its greedy replies stop against the merged model's."""
+    problems: tuple[str, ...]
+    """Problems shared by the files (tokenizer, chat template, chat path)."""
 
 
 def check_gguf_files(
@@ -34,10 +51,8 @@ def check_gguf_files(
     imatrix_types: tuple[str, ...],
     tokenizer: Any,
     config: ExportConfig,
-    parity: dict[str, Any],
-    agreements: dict[str, Agreement],
-) -> list[str]:
-    """Measure each GGUF, record it in ``agreements`` and ``parity``; returns the problems.
+) -> GgufChecks:
+    """Measure each GGUF and check what the files share.
 
     Per file: against the merged model's ``reference`` outputs, the perplexity ratio and KL
     on the held-out replies of ``text`` (gated by type), top-1 agreement on ``ids`` (gated
@@ -49,9 +64,8 @@ def check_gguf_files(
     """
     from medlora.data import render
 
-    problems: list[str] = []
-    for qtype, path in gguf_files.items():
-        agreement = attrs.evolve(
+    agreements = {
+        qtype: attrs.evolve(
             measure(
                 reference,
                 llama_cpp_outputs(path, ids, text),
@@ -60,12 +74,12 @@ def check_gguf_files(
             ),
             imatrix=qtype in imatrix_types if qtype in IMATRIX_TYPES else None,
         )
-        agreements[f"gguf {qtype}"] = agreement
-        problems += gate_problems(qtype, agreement, config)
+        for qtype, path in gguf_files.items()
+    }
     first = next(iter(gguf_files.values()))
     texts = [render(tokenizer, c, generation_prompt=True) for c in probe_conversations()]
     report = tokenization_report(first, tokenizer, texts)
-    parity["tokenization"] = report
+    problems: list[str] = []
     if report["matching"] < report["total"]:
         problems.append(
             f"llama.cpp tokenizes {report['total'] - report['matching']} of {report['total']} "
@@ -73,35 +87,64 @@ def check_gguf_files(
         )
     problems += [f"GGUF {p}" for p in chat_template_problems(first, tokenizer)]
     chat_path = chat_path_report(first, tokenizer, ids[:8])
-    parity["chat_path"] = chat_path
     if chat_path["matching"] < chat_path["total"]:
         wrong = chat_path["total"] - chat_path["matching"]
         problems.append(
             f"llama-cpp-python's chat handler builds {wrong} of {chat_path['total']} probe "
             "prompts with other ids than training (see parity.json 'chat_path')"
         )
-    return problems + _check_stops(replies, gguf_files, parity)
+    generation = _generation(replies, gguf_files)
+    rows = [
+        gguf_row(qtype, agreement, config, extra=_stop_problems(qtype, generation[qtype]))
+        for qtype, agreement in agreements.items()
+    ]
+    return GgufChecks(
+        rows=tuple(rows),
+        tokenization=report,
+        chat_path=chat_path,
+        generation=generation,
+        problems=tuple(problems),
+    )
 
 
-def _check_stops(
-    replies: list[dict[str, Any]], gguf_files: dict[str, Path], parity: dict[str, Any]
-) -> list[str]:
-    """Every GGUF must stop (EOS, embedded chat template) wherever the merged model does."""
-    found = {qtype: generation_stops(path, replies) for qtype, path in gguf_files.items()}
-    parity["generation"] = found
+def _generation(replies: list[dict[str, Any]], gguf_files: dict[str, Path]) -> dict[str, Any]:
+    """Where each GGUF's greedy replies stop (EOS, embedded chat template), against where the
+    merged model's do."""
     if not any(r["stopped"] for r in replies):
         warnings.warn(
             f"the merged model ended none of its {len(replies)} greedy probe replies with EOS, "
             "so stopping in llama.cpp could not be checked: train longer, or check that the "
             "data supervises EOS (ClinicalDataset mask)",
-            stacklevel=5,
+            stacklevel=6,
         )
+    return {qtype: generation_stops(path, replies) for qtype, path in gguf_files.items()}
+
+
+def _stop_problems(qtype: str, row: dict[str, Any]) -> list[str]:
+    """A GGUF must stop wherever the merged model does."""
+    if not row["missed"]:
+        return []
     return [
         f"GGUF {qtype} runs past EOS in llama.cpp's chat path on probes {row['missed']} "
         "where the merged model stops (parity.json 'generation')"
-        for qtype, row in found.items()
-        if row["missed"]
     ]
+
+
+def gguf_row(
+    qtype: str, agreement: Agreement, config: ExportConfig, *, extra: list[str]
+) -> ParityRow:
+    """The parity row of a GGUF file of ``qtype``: its gates and the ones it failed."""
+    return ParityRow(
+        artefact=f"gguf {qtype}",
+        kind="gguf",
+        agreement=agreement,
+        limits={
+            "min_top1_within_tie": config.threshold(qtype),
+            "max_ppl_ratio": config.ppl_ratio_limit(qtype),
+            "max_reply_kl": config.reply_kl_limit(qtype),
+        },
+        problems=tuple(gate_problems(qtype, agreement, config) + extra),
+    )
 
 
 def gate_problems(qtype: str, agreement: Agreement, config: ExportConfig) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from medlora._errors import ExportError
 from medlora._io import atomic_path
 from medlora._optional import require
 from medlora._safetensors import open_lazily
-from medlora.export._gguf import _check_metadata, _read_llama_config
+from medlora.export._gguf import _check_metadata, _read_llama_config, add_metadata
 
 __all__ = ["write_lora_gguf"]
 
@@ -58,65 +58,20 @@ def write_lora_gguf(
             ``modules_to_save``, a non-LoRA peft type) or a weight llama.cpp has no name for.
     """
     gguf = require("gguf", "GGUF export")
-    torch = require("torch", "GGUF export")
     adapter_dir, out_path = Path(adapter_dir), Path(out_path)
     qtype = outtype.upper()
     if qtype not in _LORA_TYPES:
         raise ExportError(f"write_lora_gguf writes {' or '.join(_LORA_TYPES)}, not {outtype!r}")
     lora = _read_adapter_config(adapter_dir)
     config = _read_llama_config(Path(base_model_dir))
-    n_head = int(config["num_attention_heads"])
-    n_kv = int(config.get("num_key_value_heads") or n_head)
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
-    alpha = float(lora["lora_alpha"])
     extra = _check_metadata(metadata or {})
-
-    pairs: dict[str, dict[str, Any]] = {}
-    with open_lazily(adapter_dir / "adapter_model.safetensors") as handle:
-        for key in sorted(handle.keys()):
-            part = "a" if ".lora_A." in key else "b" if ".lora_B." in key else None
-            if part is None:
-                raise ExportError(
-                    f"{adapter_dir}: tensor {key!r} is not a LoRA A/B weight; llama.cpp adapters "
-                    "hold only lora_A/lora_B (merge the adapter instead)"
-                )
-            module = key.removeprefix(_PREFIX).replace(f".lora_{part.upper()}.weight", "")
-            pairs.setdefault(module, {})[part] = handle.get_tensor(key).to(torch.float32)
-
+    pairs = _read_pairs(adapter_dir)
+    raw = gguf.GGMLQuantizationType[qtype]
     with atomic_path(out_path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         try:
-            writer.add_type(gguf.GGUFType.ADAPTER)
-            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-            writer.add_name(extra.pop("general.name", f"{adapter_dir.name} LoRA"))
-            for key, value in extra.items():
-                if key == "general.base_model":
-                    writer.add_base_model_count(1)
-                    writer.add_base_model_name(0, value)
-                else:
-                    writer.add_string(key, value)
-            for module, pair in pairs.items():
-                if set(pair) != {"a", "b"}:
-                    raise ExportError(f"{adapter_dir}: {module} lacks lora_A or lora_B")
-                name = name_map.get_name(module + ".weight", try_suffixes=(".weight",))
-                if name is None:
-                    raise ExportError(
-                        f"{adapter_dir}: adapted module {module!r} has no llama.cpp name"
-                    )
-                a, b = pair["a"].numpy(), pair["b"].numpy()  # (r, in), (out, r)
-                b = b * _scale_fix(lora, module, alpha, a.shape[0])
-                heads = (
-                    n_head
-                    if module.endswith("q_proj")
-                    else n_kv
-                    if module.endswith("k_proj")
-                    else 0
-                )
-                if heads:  # permute the output rows of B @ A, i.e. B's rows only
-                    b = b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1])
-                    b = b.swapaxes(1, 2).reshape(pair["b"].shape)
-                raw = gguf.GGMLQuantizationType[qtype]
+            _add_header(writer, float(lora["lora_alpha"]), extra, f"{adapter_dir.name} LoRA")
+            for name, a, b in _llama_cpp_pairs(pairs, lora, config, adapter_dir):
                 for suffix, data in (("lora_a", a), ("lora_b", b)):
                     writer.add_tensor(
                         f"{name}.{suffix}", gguf.quants.quantize(data, raw), raw_dtype=raw
@@ -128,6 +83,61 @@ def write_lora_gguf(
         finally:
             writer.close()
     return out_path
+
+
+def _read_pairs(adapter_dir: Path) -> dict[str, dict[str, Any]]:
+    """Adapted module -> ``{"a": lora_A, "b": lora_B}`` in float32, modules sorted by name."""
+    torch = require("torch", "GGUF export")
+    pairs: dict[str, dict[str, Any]] = {}
+    with open_lazily(adapter_dir / "adapter_model.safetensors") as handle:
+        for key in sorted(handle.keys()):
+            part = "a" if ".lora_A." in key else "b" if ".lora_B." in key else None
+            if part is None:
+                raise ExportError(
+                    f"{adapter_dir}: tensor {key!r} is not a LoRA A/B weight; llama.cpp adapters "
+                    "hold only lora_A/lora_B (merge the adapter instead)"
+                )
+            module = key.removeprefix(_PREFIX).replace(f".lora_{part.upper()}.weight", "")
+            pairs.setdefault(module, {})[part] = handle.get_tensor(key).to(torch.float32)
+    return pairs
+
+
+def _add_header(writer: Any, alpha: float, extra: dict[str, str], default_name: str) -> None:
+    """The adapter's keys: type, LoRA alpha, name, base model and the extra metadata."""
+    gguf = require("gguf", "GGUF export")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    writer.add_name(extra.pop("general.name", default_name))
+    add_metadata(writer, extra)
+
+
+def _llama_cpp_pairs(
+    pairs: dict[str, dict[str, Any]],
+    lora: Mapping[str, Any],
+    config: Mapping[str, Any],
+    adapter_dir: Path,
+) -> Iterator[tuple[str, Any, Any]]:
+    """Per adapted module: its llama.cpp weight name, lora_A ``(r, in)`` and lora_B
+    ``(out, r)`` as numpy arrays, B scaled to peft's scale and its Q/K rows permuted."""
+    gguf = require("gguf", "GGUF export")
+    n_head = int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_head)
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
+    alpha = float(lora["lora_alpha"])
+    for module, pair in pairs.items():
+        if set(pair) != {"a", "b"}:
+            raise ExportError(f"{adapter_dir}: {module} lacks lora_A or lora_B")
+        name = name_map.get_name(module + ".weight", try_suffixes=(".weight",))
+        if name is None:
+            raise ExportError(f"{adapter_dir}: adapted module {module!r} has no llama.cpp name")
+        a, b = pair["a"].numpy(), pair["b"].numpy()  # (r, in), (out, r)
+        b = b * _scale_fix(lora, module, alpha, a.shape[0])
+        heads = n_head if module.endswith("q_proj") else n_kv if module.endswith("k_proj") else 0
+        if heads:  # permute the output rows of B @ A, i.e. B's rows only
+            b = b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1])
+            b = b.swapaxes(1, 2).reshape(pair["b"].shape)
+        yield name, a, b
 
 
 def _read_adapter_config(adapter_dir: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -152,6 +152,41 @@ class Agreement:
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping for JSON."""
         return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class ParityRow:
+    """One exported artefact measured against its reference, with the gates it was held to."""
+
+    artefact: str
+    """Its name: ``merged (nf4-roundtrip)``, ``gguf Q4_K_M``, ..."""
+    kind: Literal["merged", "gguf"]
+    """``merged`` (measured against the trained model) or ``gguf`` (run in llama.cpp,
+    measured against the merged model)."""
+    agreement: Agreement
+    """What was measured: top-1, KL, perplexity ratio, logit differences."""
+    limits: dict[str, float] = attrs.field(factory=dict)
+    """The gates applied: ``max_mean_kl`` (merged); ``min_top1_within_tie``,
+    ``max_ppl_ratio`` and ``max_reply_kl`` (GGUF)."""
+    problems: tuple[str, ...] = ()
+    """Every gate the artefact failed, as a sentence naming the figure and its limit (a GGUF
+    that runs past EOS where the merged model stops is one too)."""
+
+    @property
+    def passed(self) -> bool:
+        """Whether the artefact passed every gate."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """``parity.json``'s entry: the measurements, then ``kind``, ``limits``, ``passed``
+        and ``problems``."""
+        return {
+            **self.agreement.to_dict(),
+            "kind": self.kind,
+            "limits": dict(self.limits),
+            "passed": self.passed,
+            "problems": list(self.problems),
+        }
 
 
 def compare_replies(

@@ -5,11 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import attrs
-
-from medlora._versions import library_versions
 
 
 @attrs.frozen(kw_only=True)
@@ -54,38 +51,3 @@ class TrainingResult:
     def final_eval_perplexity(self) -> float:
         """``exp(final_eval_loss)``."""
         return math.exp(self.final_eval_loss)
-
-
-def run_record(
-    result: TrainingResult,
-    config: dict[str, Any],
-    train_set: Any,
-    eval_set: Any,
-    source: str,
-    adapter_step: int,
-) -> dict[str, Any]:
-    """The content of the run directory's ``medlora.json``."""
-    return {
-        "kind": "training-run",
-        "config": config,
-        "base_model": str(result.base_model),
-        "data_fingerprint": train_set.fingerprint,
-        "train_records": len(train_set),
-        "eval_records": 0 if eval_set is None else len(eval_set),
-        "adapter": {"source": source, "step": adapter_step},
-        "metrics": {
-            "initial_eval_loss": result.initial_eval_loss,
-            "final_eval_loss": result.final_eval_loss,
-            "best_step": result.best_step,
-            "best_eval_loss": result.best_eval_loss,
-            "steps": result.steps,
-            "stopped_early": result.stopped_early,
-            "resumed_from_step": result.resumed_from_step,
-            "train_tokens": result.train_tokens,
-            "seconds": result.seconds,
-            "timings": dict(result.timings),
-            "final_train_loss": result.train_losses[-1] if result.train_losses else math.nan,
-        },
-        "checkpoints": [p.name for p in result.checkpoints],
-        "versions": library_versions(),
-    }

@@ -20,7 +20,7 @@ import attrs
 from medlora._deprecated import accepts_old_keywords, renamed, warn_old_attribute
 from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
 from medlora._hub import check_supported, load_tokenizer, resolve_model
-from medlora._io import disk_space, recover, write_json
+from medlora._io import disk_space, recover
 from medlora.data import (
     ClinicalDataset,
     PreparedData,
@@ -56,7 +56,9 @@ from medlora.training._model import (
     resolve_attention,
     resolve_precision,
 )
-from medlora.training._result import TrainingResult, run_record
+from medlora.training._record import RunRecord
+from medlora.training._result import TrainingResult
+from medlora.training._state import LoopState, Run
 
 log = logging.getLogger("medlora")
 
@@ -322,50 +324,53 @@ class QLoRATrainer:
             return self._train(progress=progress, resume=resume)
 
     def _train(self, *, progress: bool, resume: bool | None) -> TrainingResult:
+        """Set up, step until ``max_steps`` (or early stopping), then finish."""
+        run = self._begin(resume=self.config.resume if resume is None else resume)
+        self._open_logs(run, progress=progress)
+        try:
+            with oom_as_error():
+                while run.state.step < self.config.max_steps and not run.stopped_early:
+                    self._advance(run)
+        except KeyboardInterrupt:
+            if run.state.step > run.last_saved:
+                self._save(run)
+            raise
+        finally:
+            run.close()
+        self._flush(run)
+        return self._finish(run)
+
+    def _begin(self, *, resume: bool) -> Run:
+        """Check the data, load the model, start the run, and resume it (or measure the base
+        model's held-out loss)."""
         import torch
         from accelerate import Accelerator
-        from tqdm.auto import tqdm
 
-        cfg = self.config
-        resume = cfg.resume if resume is None else resume
-        timings = dict.fromkeys(("setup", "train", "eval", "save"), 0.0)
         started = time.perf_counter()
+        cfg = self.config
         data = self.check_data()  # bad records fail here, before any model loads
         acc = Accelerator(cpu=not torch.cuda.is_available())  # gloo DDP on CPU-only machines
-        main = acc.is_main_process
         run_dir = Path(cfg.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if main:  # what a killed run left: restore a missing adapter/, remove leftovers
+        if acc.is_main_process:  # what a killed run left: restore adapter/, remove leftovers
             recover(run_dir)
             ckpt.clean_checkpoints(run_dir)
         acc.wait_for_everyone()
         if self.model is None:
             self.setup(device=acc.device)
-        train_set, eval_set = data.train, data.held_out
-        train_items, collate_fn = self._train_items(train_set, run_dir)
+        train_items, collate_fn = self._train_items(data.train, run_dir)
+        held = data.held_out
         eval_examples = (
-            list(self._prepare(eval_set, run_dir, pack=False).examples)
-            if eval_set is not None and len(eval_set)
+            list(self._prepare(held, run_dir, pack=False).examples)
+            if held is not None and len(held)
             else []
         )
-        run = self._start_run(acc, len(train_items))
-        st = run.st
+        run = self._start_run(acc, len(train_items), run_dir, data, eval_examples, started)
         latest = ckpt.checkpoint_dirs(run_dir)[-1:] if resume else []
-        resumed_from = None
         if latest:
-            st, order_state = ckpt.load_checkpoint(
-                latest[0],
-                model=self.model,
-                optimizer=run.optimizer,
-                scheduler=run.scheduler,
-                load_optimizer=run.load_optimizer_state,
-            )
-            run.st = st
-            run.order.set_state(order_state)
-            resumed_from = st["step"]
+            self._resume(run, latest[0])
         elif eval_examples:
-            st["initial_eval_loss"] = self.evaluate(eval_examples, accelerator=acc)
-        st["best_eval_loss"] = math.inf if st["best_step"] is None else st["best_eval_loss"]
+            run.state.initial_eval_loss = self.evaluate(eval_examples, accelerator=acc)
         run.loader = StepLoader(
             run.order,
             train_items,
@@ -376,98 +381,100 @@ class QLoRATrainer:
             rank=acc.process_index,
             pin=acc.device.type == "cuda",
         )
-        timings["setup"] = time.perf_counter() - started
+        run.timings["setup"] = time.perf_counter() - started
+        return run
 
-        jsonl = (
-            JsonlLogger(run_dir / "log.jsonl", log_every=cfg.log_every, resume_step=st["step"])
-            if main
-            else None
+    def _resume(self, run: Run, checkpoint: Path) -> None:
+        """Restore the adapter, optimizer, scheduler, RNG, data order and loop state."""
+        state, order_state = ckpt.load_checkpoint(
+            checkpoint,
+            model=self.model,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            load_optimizer=run.load_optimizer_state,
         )
-        board = tensorboard_logger(run_dir / "tensorboard") if main and cfg.tensorboard else None
-        hooks = [h for h in (jsonl, board) if h is not None] + list(self.callbacks if main else ())
-        last_saved = st["step"]
+        run.state = LoopState.from_dict(state)
+        run.order.set_state(order_state)
+        run.resumed_from = run.state.step
 
-        def save() -> None:
-            nonlocal last_saved
-            t = time.perf_counter()
-            self._flush(run, hooks, timings)
-            if jsonl is not None:
-                jsonl.flush()
-            adapter, optim = None, None
-            if run.sharded:  # every rank gathers its shards; the main process writes
-                from medlora.training import _sharding
+    def _open_logs(self, run: Run, *, progress: bool) -> None:
+        """The JSONL and TensorBoard loggers, the hooks and the progress bar (the main
+        process logs and calls hooks)."""
+        from tqdm.auto import tqdm
 
-                adapter = _sharding.adapter_state(self.model)
-                optim = _sharding.optimizer_state(run.model, run.optimizer)
-            if main:
-                path = ckpt.save_checkpoint(
-                    run_dir,
-                    model=self.model,
-                    optimizer=run.optimizer,
-                    scheduler=run.scheduler,
-                    order=run.loader.state(),
-                    state=run.st,
-                    keep=cfg.keep_checkpoints,
-                    adapter_state=adapter,
-                    optimizer_state=optim,
-                )
-            acc.wait_for_everyone()
-            last_saved = run.st["step"]
-            timings["save"] += time.perf_counter() - t
-            if main:
-                dispatch(hooks, "on_save", run.st["step"], path)
-
-        stopped_early = False
+        cfg, main, step = self.config, run.main, run.state.step
+        if main:
+            log_file = run.run_dir / "log.jsonl"
+            run.jsonl = JsonlLogger(log_file, log_every=cfg.log_every, resume_step=step)
+            run.board = tensorboard_logger(run.run_dir / "tensorboard") if cfg.tensorboard else None
+        loggers = [h for h in (run.jsonl, run.board) if h is not None]
+        run.hooks = loggers + list(self.callbacks if main else ())
+        run.last_saved = step
         run.bar = tqdm(
             total=cfg.max_steps,
-            initial=st["step"],
+            initial=step,
             desc="training",
             unit="step",
             disable=not (progress and main),
         )
         run.model.train()
-        try:
-            with oom_as_error():
-                while run.st["step"] < cfg.max_steps and not stopped_early:
-                    t = time.perf_counter()
-                    self._step(run)
-                    step = run.st["step"]
-                    if step % cfg.log_every == 0 or step == cfg.max_steps:
-                        self._flush(run, hooks, timings, since=t)  # the one device read
-                    else:
-                        timings["train"] += time.perf_counter() - t
-                    if eval_examples and cfg.eval_every and step % cfg.eval_every == 0:
-                        self._flush(run, hooks, timings)
-                        stopped_early = self._periodic_eval(
-                            eval_examples, acc, run.st, hooks, run_dir, timings
-                        )
-                    if cfg.save_every and step % cfg.save_every == 0:
-                        save()
-        except KeyboardInterrupt:
-            if run.st["step"] > last_saved:
-                save()
-            raise
-        finally:
-            run.loader.close()
-            run.bar.close()
-            for hook in (jsonl, board):
-                if hook is not None:
-                    hook.close()
-        self._flush(run, hooks, timings)
-        return self._finish(
-            acc,
-            run.st,
-            eval_examples,
-            train_set,
-            eval_set,
-            run_dir,
-            stopped_early=stopped_early,
-            resumed_from=resumed_from,
-            timings=timings,
-            started=started,
-        )
 
-    def _start_run(self, acc: Any, n_items: int) -> _Run:
+    def _advance(self, run: Run) -> None:
+        """One iteration of the loop: a step, then logging, evaluation and saving when due."""
+        cfg, t = self.config, time.perf_counter()
+        self._step(run)
+        step = run.state.step
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            self._flush(run, since=t)  # the one device read
+        else:
+            run.timings["train"] += time.perf_counter() - t
+        if run.eval_examples and cfg.eval_every and step % cfg.eval_every == 0:
+            self._flush(run)
+            run.stopped_early = self._periodic_eval(run)
+        if cfg.save_every and step % cfg.save_every == 0:
+            self._save(run)
+
+    def _save(self, run: Run) -> None:
+        """Write a checkpoint (every rank gathers its shards under FSDP; the main process
+        writes)."""
+        t, acc = time.perf_counter(), run.acc
+        self._flush(run)
+        if run.jsonl is not None:
+            run.jsonl.flush()
+        adapter, optim = None, None
+        if run.sharded:
+            from medlora.training import _sharding
+
+            adapter = _sharding.adapter_state(self.model)
+            optim = _sharding.optimizer_state(run.model, run.optimizer)
+        path = None
+        if run.main:
+            path = ckpt.save_checkpoint(
+                run.run_dir,
+                model=self.model,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+                order=run.loader.state(),
+                state=run.state.to_dict(),
+                keep=self.config.keep_checkpoints,
+                adapter_state=adapter,
+                optimizer_state=optim,
+            )
+        acc.wait_for_everyone()
+        run.last_saved = run.state.step
+        run.timings["save"] += time.perf_counter() - t
+        if path is not None:
+            dispatch(run.hooks, "on_save", run.state.step, path)
+
+    def _start_run(
+        self,
+        acc: Any,
+        n_items: int,
+        run_dir: Path,
+        data: RunData,
+        eval_examples: list[TokenizedExample],
+        started: float,
+    ) -> Run:
         """Wrap the model for the launched processes (DDP, or FSDP2 sharding), and make the
         optimizer, scheduler and gradient scaler."""
         import torch
@@ -496,7 +503,7 @@ class QLoRATrainer:
         if acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # what is left in float32
             torch.backends.cudnn.allow_tf32 = True
-        return _Run(
+        return Run(
             acc=acc,
             model=model,
             sharded=sharded,
@@ -505,19 +512,13 @@ class QLoRATrainer:
             scheduler=scheduler,
             scaler=torch.amp.GradScaler(acc.device.type, enabled=precision.scaler),
             order=ExampleOrder(n_items, seed=cfg.seed),
-            st={
-                "step": 0,
-                "tokens": 0,
-                "input_tokens": 0,
-                "losses": [],
-                "best_eval_loss": math.inf,
-                "best_step": None,
-                "bad_evals": 0,
-                "initial_eval_loss": math.nan,
-            },
+            run_dir=run_dir,
+            data=data,
+            eval_examples=eval_examples,
+            started=started,
         )
 
-    def _step(self, run: _Run) -> None:
+    def _step(self, run: Run) -> None:
         """One optimizer step: forward and backward every micro-batch, clip, update. Reads
         nothing back from the device: the loss and gradient norm wait in ``run.pending``."""
         import torch
@@ -545,17 +546,17 @@ class QLoRATrainer:
         run.optimizer.zero_grad(set_to_none=True)
         if acc.num_processes > 1:
             loss_sum = acc.reduce(loss_sum, reduction="sum")  # a collective, not a host read
-        st = run.st
-        st["step"] += 1
-        st["tokens"] += batches.supervised
-        st["input_tokens"] += batches.input_tokens
+        state = run.state
+        state.step += 1
+        state.tokens += batches.supervised
+        state.input_tokens += batches.input_tokens
         run.pending.append(
-            (st["step"], loss_sum, norm, batches.supervised, run.scheduler.get_last_lr()[0])
+            (state.step, loss_sum, norm, batches.supervised, run.scheduler.get_last_lr()[0])
         )
         run.bar.update()
 
     @contextlib.contextmanager
-    def _grad_sync(self, run: _Run, sync: bool) -> Iterator[None]:
+    def _grad_sync(self, run: Run, sync: bool) -> Iterator[None]:
         """No gradient reduction until the last micro-batch of a step."""
         if sync or run.acc.num_processes == 1:
             yield
@@ -569,14 +570,7 @@ class QLoRATrainer:
             with run.acc.no_sync(run.model):
                 yield
 
-    def _flush(
-        self,
-        run: _Run,
-        hooks: list[Any],
-        timings: dict[str, float],
-        *,
-        since: float | None = None,
-    ) -> None:
+    def _flush(self, run: Run, *, since: float | None = None) -> None:
         """Read the waiting steps' losses and gradient norms in one transfer, check them, and
         log the logged steps (``since``: when the current step started, to time it)."""
         import torch
@@ -584,7 +578,7 @@ class QLoRATrainer:
         pending, run.pending = run.pending, []
         if not pending:
             return
-        cfg, st = self.config, run.st
+        cfg, state = self.config, run.state
         losses = [loss.float().reshape(()) for _, loss, _, _, _ in pending]
         norms = [
             loss.new_full((), math.nan) if norm is None else norm.float().reshape(())
@@ -592,7 +586,7 @@ class QLoRATrainer:
         ]
         values = torch.stack(losses + norms).tolist()  # the one device read
         if since is not None:  # the read waited for the queued steps: their time counts
-            timings["train"] += time.perf_counter() - since
+            run.timings["train"] += time.perf_counter() - since
         logged = []
         for j, (step, _, _, count, lr) in enumerate(pending):
             mean = values[j] / max(count, 1)  # (sum over all processes) / tokens
@@ -600,110 +594,94 @@ class QLoRATrainer:
                 raise TrainingError(
                     f"loss became {mean} at step {step}; lower learning_rate or check the data"
                 )
-            st["losses"].append(mean)
+            state.losses.append(mean)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 logged.append((step, mean, lr, values[len(pending) + j]))
         for step, mean, lr, norm in logged:  # after the bookkeeping: a hook may interrupt
-            logs = {
-                "step": step,
-                "loss": mean,
-                "lr": lr,
-                "grad_norm": norm,
-                "tokens": st["tokens"],
-                "input_tokens": st["input_tokens"],
-                "tokens_per_s": st["input_tokens"] / max(timings["train"], 1e-9),
-            }
-            run.bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
-            if run.acc.is_main_process:
-                dispatch(hooks, "on_step", step, logs)
+            self._log_step(run, step, {"loss": mean, "lr": lr, "grad_norm": norm})
 
-    def _periodic_eval(
-        self,
-        examples: list[TokenizedExample],
-        acc: Any,
-        st: dict[str, Any],
-        hooks: list[Any],
-        run_dir: Path,
-        timings: dict[str, float],
-    ) -> bool:
+    def _log_step(self, run: Run, step: int, measured: dict[str, float]) -> None:
+        """Show a logged step on the progress bar and hand it to the hooks."""
+        state = run.state
+        logs = {
+            "step": step,
+            **measured,
+            "tokens": state.tokens,
+            "input_tokens": state.input_tokens,
+            "tokens_per_s": state.input_tokens / max(run.timings["train"], 1e-9),
+        }
+        run.bar.set_postfix(loss=f"{measured['loss']:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
+        if run.main:
+            dispatch(run.hooks, "on_step", step, logs)
+
+    def _periodic_eval(self, run: Run) -> bool:
         """Evaluate, keep the best adapter, and say whether early stopping ends the run."""
-        cfg, t = self.config, time.perf_counter()
-        loss = self.evaluate(examples, accelerator=acc)
-        if acc.is_main_process:
-            dispatch(
-                hooks,
-                "on_eval",
-                st["step"],
-                {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))},
-            )
-        if loss < st["best_eval_loss"] - cfg.early_stopping_min_delta:
-            st.update(best_eval_loss=loss, best_step=st["step"], bad_evals=0)
+        cfg, t, state, acc = self.config, time.perf_counter(), run.state, run.acc
+        loss = self.evaluate(run.eval_examples, accelerator=acc)
+        if run.main:
+            metrics = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))}
+            dispatch(run.hooks, "on_eval", state.step, metrics)
+        if loss < state.best_eval_loss - cfg.early_stopping_min_delta:
+            state.best_eval_loss, state.best_step, state.bad_evals = loss, state.step, 0
             if cfg.select_best:
-                self._save_adapter(run_dir / "best-adapter", acc)
+                self._save_adapter(run.run_dir / "best-adapter", acc)
             acc.wait_for_everyone()
         else:
-            st["bad_evals"] += 1
-        timings["eval"] += time.perf_counter() - t
-        return bool(cfg.early_stopping_patience and st["bad_evals"] >= cfg.early_stopping_patience)
+            state.bad_evals += 1
+        run.timings["eval"] += time.perf_counter() - t
+        return bool(cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience)
 
-    def _finish(
-        self,
-        acc: Any,
-        st: dict[str, Any],
-        eval_examples: list[TokenizedExample],
-        train_set: ClinicalDataset,
-        eval_set: ClinicalDataset | None,
-        run_dir: Path,
-        *,
-        stopped_early: bool,
-        resumed_from: int | None,
-        timings: dict[str, float],
-        started: float,
-    ) -> TrainingResult:
-        cfg, main = self.config, acc.is_main_process
-        source = "last"
-        best_dir = run_dir / "best-adapter"
-        if cfg.select_best and st["best_step"] is not None and st["best_step"] != st["step"]:
-            ckpt.load_adapter_weights(self.model, best_dir)
-            source = "best"
+    def _finish(self, run: Run) -> TrainingResult:
+        """Pick the adapter (best or last), measure it, save it and write ``medlora.json``."""
+        cfg, acc, state = self.config, run.acc, run.state
+        best = state.best_step
+        source = "best" if cfg.select_best and best is not None and best != state.step else "last"
+        if source == "best":
+            ckpt.load_adapter_weights(self.model, run.run_dir / "best-adapter")
         t = time.perf_counter()
-        final = self.evaluate(eval_examples, accelerator=acc) if eval_examples else math.nan
-        timings["eval"] += time.perf_counter() - t
-        adapter_dir = run_dir / "adapter"
-        self._save_adapter(adapter_dir, acc)
-        if main and cfg.plot and (run_dir / "log.jsonl").is_file():
-            plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
+        examples = run.eval_examples
+        final = self.evaluate(examples, accelerator=acc) if examples else math.nan
+        run.timings["eval"] += time.perf_counter() - t
+        adapter_dir = self._save_adapter(run.run_dir / "adapter", acc)
+        if run.main and cfg.plot and (run.run_dir / "log.jsonl").is_file():
+            plot_losses(run.run_dir / "log.jsonl", run.run_dir / "loss.png")
         acc.wait_for_everyone()
-        seconds = time.perf_counter() - started
-        best = st["best_step"]
         result = TrainingResult(
-            run_dir=run_dir,
+            run_dir=run.run_dir,
             adapter_dir=adapter_dir,
             base_model=resolve_model(cfg.model),
-            steps=st["step"],
-            train_tokens=st["tokens"],
-            initial_eval_loss=st["initial_eval_loss"],
+            steps=state.step,
+            train_tokens=state.tokens,
+            initial_eval_loss=state.initial_eval_loss,
             final_eval_loss=final,
-            train_losses=tuple(st["losses"]),
-            seconds=seconds,
+            train_losses=tuple(state.losses),
+            seconds=time.perf_counter() - run.started,
             quantized_modules=count_4bit_linear(self.model),
             best_step=best,
-            best_eval_loss=st["best_eval_loss"] if best is not None else math.nan,
-            stopped_early=stopped_early,
-            resumed_from_step=resumed_from,
-            checkpoints=tuple(ckpt.checkpoint_dirs(run_dir)),
-            timings=timings,
+            best_eval_loss=state.best_eval_loss if best is not None else math.nan,
+            stopped_early=run.stopped_early,
+            resumed_from_step=run.resumed_from,
+            checkpoints=tuple(ckpt.checkpoint_dirs(run.run_dir)),
+            timings=run.timings,
         )
-        if main:
-            adapter_step = best if source == "best" else st["step"]
-            record = run_record(result, cfg.to_dict(), train_set, eval_set, source, adapter_step)
-            if self._data is not None:
-                record["held_out"] = self._data.split.to_dict()
-                record["data_card"] = self._data.card(self._token_lengths)
-            record["world_size"] = acc.num_processes
-            record["runtime"] = dict(self.runtime)
-            write_json(run_dir / "medlora.json", record)
+        if run.main:
+            adapter_step = best if source == "best" and best is not None else state.step
+            self._record(run, result, source, adapter_step).write(run.run_dir)
         return result
+
+    def _record(self, run: Run, result: TrainingResult, source: str, step: int) -> RunRecord:
+        """What the run directory's ``medlora.json`` says about this run."""
+        data = run.data
+        return RunRecord.of_result(
+            result,
+            config=self.config.to_dict(),
+            data=data,
+            data_card=data.card(self._token_lengths),
+            adapter_source=source,
+            adapter_step=step,
+            world_size=run.acc.num_processes,
+            runtime=self.runtime,
+        )
 
     def _save_adapter(self, target: Path, acc: Any = None) -> Path:
         """Write the adapter from the main process; under FSDP every rank gathers first."""
@@ -719,33 +697,3 @@ class QLoRATrainer:
                 state_dict=state,
             )
         return target
-
-
-@attrs.define
-class _Run:
-    """The mutable state of one training run, shared by the loop's steps."""
-
-    acc: Any
-    model: Any
-    """The (DDP-wrapped or FSDP-sharded) :class:`CausalLMLoss`."""
-    sharded: bool
-    params: list[Any]
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    order: ExampleOrder
-    st: dict[str, Any]
-    """Step, token counts, per-step losses, best eval loss and step, patience (checkpointed)."""
-    loader: Any = None
-    bar: Any = None
-    pending: list[tuple[int, Any, Any, int, float]] = attrs.field(factory=list)
-    """Steps whose loss and gradient norm are still on the device."""
-
-    def load_optimizer_state(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint's optimizer state (a full, gathered state when sharded)."""
-        if self.sharded:
-            from medlora.training._sharding import load_optimizer_state
-
-            load_optimizer_state(self.model, self.optimizer, state)
-        else:
-            self.optimizer.load_state_dict(state)

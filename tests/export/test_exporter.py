@@ -106,8 +106,22 @@ def test_every_artefact_is_scored_on_held_out_replies(exported: Any) -> None:
     assert text["positions"] == ExportConfig().fidelity_positions == 1024
     agreements = exported.agreements
     assert list(agreements) == ["merged (nf4-roundtrip)", "gguf F16", "gguf Q8_0", "gguf Q4_K_M"]
+    rows = exported.parity_rows
+    assert [(row.artefact, row.kind) for row in rows] == [
+        ("merged (nf4-roundtrip)", "merged"),
+        ("gguf F16", "gguf"),
+        ("gguf Q8_0", "gguf"),
+        ("gguf Q4_K_M", "gguf"),
+    ]
+    assert all(row.passed and row.problems == () for row in rows)
+    assert rows[0].limits == {"max_mean_kl": DEFAULT_MAX_MERGE_KL["nf4-roundtrip"]}
+    assert rows[3].limits["min_top1_within_tie"] == 0.95  # the fixture's min_agreement
+    for row in rows:
+        assert row.agreement == agreements[row.artefact]
+        entry = exported.parity["artefacts"][row.artefact]
+        assert entry == row.to_dict() and entry["passed"] is True
+        assert {k: entry[k] for k in row.agreement.to_dict()} == row.agreement.to_dict()
     for name, agreement in agreements.items():
-        assert exported.parity["artefacts"][name] == agreement.to_dict()
         assert agreement.reply_positions == 1024, name
         assert agreement.reference_ppl is not None and agreement.reference_ppl > 1, name
     for name, ratio, kl in (

@@ -17,7 +17,7 @@ from medlora.export import (
     FidelityText,
     compare_replies,
 )
-from medlora.export._gguf_checks import gate_problems
+from medlora.export._gguf_checks import gate_problems, gguf_row
 
 torch = pytest.importorskip("torch")
 
@@ -117,6 +117,25 @@ def test_gates_are_on_perplexity_ratio_and_kl_and_top1_only_on_request() -> None
     assert old.threshold("Q4_K_M") == 0.8 and ExportConfig().threshold("Q4_K_M") == 0.0
 
 
+def test_a_gguf_parity_row_carries_its_limits_and_every_failed_gate() -> None:
+    config = ExportConfig()
+    good = _agreement(reply_top1=0.87, reply_kl=0.05, ppl_ratio=1.05, reply_positions=1024)
+    row = gguf_row("Q4_K_M", good, config, extra=[])
+    assert (row.artefact, row.kind, row.passed, row.problems) == ("gguf Q4_K_M", "gguf", True, ())
+    assert row.limits == {
+        "min_top1_within_tie": 0.0,
+        "max_ppl_ratio": DEFAULT_MAX_PPL_RATIO["Q4_K_M"],
+        "max_reply_kl": config.reply_kl_limit("Q4_K_M"),
+    }
+    stops = ["GGUF F16 runs past EOS in llama.cpp's chat path on probes [2] ..."]
+    failed = gguf_row("F16", good, config, extra=stops)
+    assert not failed.passed
+    assert failed.problems == (*gate_problems("F16", good, config), *stops)
+    entry = failed.to_dict()
+    assert entry["passed"] is False and entry["problems"] == list(failed.problems)
+    assert entry["ppl_ratio"] == 1.05 and entry["kind"] == "gguf"
+
+
 def test_gate_limits_defaults_and_overrides() -> None:
     config = ExportConfig(max_ppl_ratio={"Q4_K_M": 1.05}, max_reply_kl={"Q8_0": 0.005})
     assert config.ppl_ratio_limit("Q4_K_M") == 1.05
@@ -204,11 +223,12 @@ def test_run_text_warns_only_when_it_must_stand_in(tiny_model_dir: Path) -> None
 
     from transformers import AutoTokenizer
 
-    from medlora import ClinicalDataset
+    from medlora import ClinicalDataset, RunRecord
     from medlora.export._fidelity import run_text
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    info = {"config": {"model": str(tiny_model_dir), "max_seq_len": 128}, "data_fingerprint": "x"}
+    config = {"model": str(tiny_model_dir), "max_seq_len": 128}
+    info = RunRecord(config=config, data_fingerprint="x")
     train, held = ClinicalDataset.default().split(test_size=0.1, seed=0)
     sizes = {"max_positions": 64, "max_calibration_tokens": 256}
     with pytest.warns(UserWarning, match="embedded synthetic records instead"):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from medlora import ConfigError, OutOfMemoryError, QLoRATrainer
+from medlora import ConfigError, OutOfMemoryError, QLoRATrainer, RunRecord
 
 KILLED_RUN = """
 import sys, time
@@ -210,6 +210,10 @@ def test_early_stopping_keeps_the_best_adapter(
     meta = json.loads((result.run_dir / "medlora.json").read_text())
     assert meta["adapter"] == {"source": "best", "step": 1}
     assert meta["metrics"]["stopped_early"] is True and meta["metrics"]["best_step"] == 1
+    record = RunRecord.from_dir(result.run_dir)
+    assert (record.adapter_source, record.adapter_step) == ("best", 1)
+    assert record.held_out_split is not None and record.held_out_split.recipe == "given"
+    assert record.eval_records == 4 and record.base_model == result.base_model
     log = [json.loads(line) for line in (result.run_dir / "log.jsonl").open()]
     assert [r["step"] for r in log] == [1, 2, 3] and all("eval_perplexity" in r for r in log)
     assert (result.run_dir / "loss.png").stat().st_size > 1000
