@@ -16,6 +16,7 @@ from unittest import mock
 
 from medlora._errors import ModelLoadError
 from medlora._optional import require
+from medlora._threads import default_threads
 
 
 @contextlib.contextmanager
@@ -121,6 +122,8 @@ def open_gguf(
     prompt 7x slower (2.1 -> 15.6 s, 1 vs 2 batch threads, SmolLM2 Q4_K_M, 2 loaded cores).
     """
     llama_cpp = require("llama_cpp", "Running GGUF models")
+    if n_threads is None:
+        n_threads = default_threads()
     if n_threads is not None:
         kwargs.setdefault("n_threads_batch", n_threads)
     with captured_stderr() as log:

@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from medlora._threads import cpu_threads
+
 QUESTION = "I have just been told I have pneumonia. When should I get urgent care?"
 """What the quickstart asks the exported Q4_K_M model (no record asks it in these words)."""
 SYSTEM = "You are a patient education assistant. Keep answers short, clear and safe."
@@ -37,6 +39,10 @@ class QuickstartOptions:
     """Pre-training steps of the tiny base (``tiny`` only)."""
     seed: int = 0
     """Seed of data order, LoRA init and the tiny model."""
+    threads: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    """CPU threads for torch and llama.cpp (``None``: their defaults, all cores)."""
 
 
 class _Stages:
@@ -87,17 +93,25 @@ def _export_config(options: QuickstartOptions) -> Any:
     from medlora import ExportConfig
 
     if options.tiny:
-        return ExportConfig(gguf_types=("F16", "Q4_K_M"))
+        return ExportConfig(gguf_types=("F16", "Q4_K_M"), threads=options.threads)
     # Every check runs, on fewer positions than the defaults: held-out fidelity scoring of the
     # four models was 70% of the export's CPU time at 1,024 positions (profiled), and 256
-    # positions still measure a perplexity ratio to about +-0.02.
-    return ExportConfig(gguf_types=("F16", "Q4_K_M"), fidelity_positions=256, imatrix_tokens=2048)
+    # positions still measure a perplexity ratio to about +-0.02. The merge goes straight into
+    # dequant(NF4(W)), the base the adapter trained on: "auto" measures the original weights
+    # too and picks this one on this model, at the cost of a second merged model.
+    return ExportConfig(
+        gguf_types=("F16", "Q4_K_M"),
+        fidelity_positions=256,
+        imatrix_tokens=2048,
+        merge_strategy="nf4-roundtrip",
+        threads=options.threads,
+    )
 
 
-def _ask(gguf_file: Path) -> str:
+def _ask(gguf_file: Path, threads: int | None) -> str:
     from medlora.export import open_gguf
 
-    llm = open_gguf(gguf_file, n_ctx=1024)
+    llm = open_gguf(gguf_file, n_ctx=1024, n_threads=threads)
     try:
         reply = llm.create_chat_completion(
             messages=[
@@ -131,12 +145,15 @@ def run_quickstart(options: QuickstartOptions) -> dict[str, float]:
             from medlora.testing import smollm2_135m_instruct
 
             base = smollm2_135m_instruct()
-    with stages.stage("training", "QLoRA training (NF4 4-bit base + LoRA on all linear layers)"):
+    with (
+        stages.stage("training", "QLoRA training (NF4 4-bit base + LoRA on all linear layers)"),
+        cpu_threads(options.threads),
+    ):
         result = QLoRATrainer(_training_config(base, options)).train(progress=True)
     with stages.stage("export", "exporting adapter, merged safetensors and GGUF with checks"):
         exported = AdapterExporter(result, _export_config(options)).export(options.out / "export")
     with stages.stage("answer", "asking the Q4_K_M GGUF model in llama.cpp"):
-        answer = _ask(exported.gguf_files["Q4_K_M"])
+        answer = _ask(exported.gguf_files["Q4_K_M"], options.threads)
     _report(result, exported, answer, tiny=options.tiny)
     stages.times["total"] = time.perf_counter() - started
     chain = stages.times["total"] - stages.times["base model"]

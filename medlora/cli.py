@@ -39,6 +39,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         steps=args.steps,
         pretrain_steps=args.pretrain_steps,
         seed=args.seed,
+        threads=args.threads,
     )
     run_quickstart(options)
     return 0
@@ -95,10 +96,12 @@ def _export(args: argparse.Namespace) -> int:
     from medlora import AdapterExporter, ExportConfig
 
     config = ExportConfig.from_file(args.config) if args.config else ExportConfig()
-    if args.gguf:
-        import attrs
+    import attrs
 
+    if args.gguf:
         config = attrs.evolve(config, gguf_types=tuple(args.gguf))
+    if args.threads is not None:
+        config = attrs.evolve(config, threads=args.threads)
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
     result = AdapterExporter(Path(args.run_dir), config).export(out)
     print(f"export written to {result.out_dir}")
@@ -208,6 +211,12 @@ def _add_quickstart(sub: Any) -> None:
         "--pretrain-steps", type=int, default=120, help="pre-training steps of the --tiny model"
     )
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch and llama.cpp (default: all cores; on a busy machine, "
+        "the free ones)",
+    )
     quick.set_defaults(func=_quickstart)
 
 
@@ -265,6 +274,9 @@ def _add_export(sub: Any) -> None:
     export.add_argument("--out", help="export directory (default RUN_DIR/export)")
     export.add_argument("--config", help="ExportConfig file")
     export.add_argument("--gguf", nargs="+", metavar="TYPE", help="GGUF types, e.g. F16 Q4_K_M")
+    export.add_argument(
+        "--threads", type=int, help="CPU threads for torch and llama.cpp (ExportConfig.threads)"
+    )
     export.set_defaults(func=_export)
 
 

@@ -29,6 +29,7 @@ def _base(**kw: object) -> TrainingConfig:
         (lambda: TrainingConfig(model=" ", output_dir=Path("r")), "model", "hub id"),
         (lambda: ExportConfig(gguf_types=("Q4_K_Z",)), "gguf_types", "Q4_K_M"),
         (lambda: ExportConfig(formats=("onnx",)), "formats", "gguf"),
+        (lambda: ExportConfig(threads=0), "threads", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(make: Any, field: str, hint: str) -> None:

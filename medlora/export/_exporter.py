@@ -22,6 +22,7 @@ from medlora._io import (
     write_json,
 )
 from medlora._template import chat_template_of
+from medlora._threads import cpu_threads
 from medlora._versions import library_versions
 from medlora._vllm import adapter_problems, merged_problems
 from medlora.data import ClinicalDataset, stop_token_ids, stop_tokens
@@ -223,7 +224,8 @@ class AdapterExporter:
         """
         out_dir = Path(out_dir)
         hint = "free some space or choose another out_dir; a previous export is intact"
-        with disk_space(ExportError, out_dir.parent, "the export", hint=hint):
+        space = disk_space(ExportError, out_dir.parent, "the export", hint=hint)
+        with space, cpu_threads(self.config.threads):
             return self._export(out_dir, hint)
 
     def _export(self, out_dir: Path, hint: str) -> ExportResult:

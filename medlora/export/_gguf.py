@@ -184,7 +184,8 @@ def quantize_gguf(
         src: The input GGUF file, usually from :func:`write_gguf`.
         dst: The output file; replaced only once the new one is complete.
         qtype: One of :data:`GGUF_LLAMA_CPP_TYPES` (``"Q4_K_M"`` is the usual choice).
-        threads: Quantizer threads; llama.cpp's default (all cores) when ``None``.
+        threads: Quantizer threads; when ``None``, those of an enclosing
+            ``ExportConfig.threads`` export, else llama.cpp's default (all cores).
         imatrix: An importance matrix (:func:`~medlora.export.collect_imatrix`) to weigh the
             rounding error by; the K-quants use it, Q8_0 ignores it. The file records it in
             ``quantize.imatrix.entries_count``/``chunks_count``/``dataset``.
@@ -200,10 +201,12 @@ def quantize_gguf(
         raise ExportError(f"{src} does not exist; write it first with write_gguf()")
     llama_cpp = require("llama_cpp", "GGUF quantization")
     from medlora._llama_cpp import captured_stderr, llama_cpp_log_lines
+    from medlora._threads import default_threads
     from medlora.export._imatrix import check_imatrix_log, quantize_extras
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+    threads = default_threads() if threads is None else threads
     if threads is not None:
         params.nthread = int(threads)
     extras = quantize_extras(llama_cpp, imatrix) if imatrix is not None else None

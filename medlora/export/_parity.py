@@ -475,27 +475,30 @@ def generation_stops(
 
 
 def chat_template_problems(path: Path, tokenizer: Any) -> list[str]:
-    """Structural checks that llama.cpp will format and stop like training did."""
+    """Structural checks that llama.cpp will format and stop like training did, on the
+    metadata as llama.cpp itself reads it (a vocabulary-only load: no weights)."""
+    from medlora._llama_cpp import open_gguf
     from medlora._template import served_chat_template
 
-    gguf = __import__("gguf")
-    reader = gguf.GGUFReader(str(path))
+    llm = open_gguf(path, n_ctx=64, vocab_only=True)
+    try:
+        metadata: dict[str, str] = dict(llm.metadata)
+    finally:
+        llm.close()
 
-    def field(key: str) -> Any:
-        item = reader.fields.get(key)
-        return None if item is None else item.contents()
+    def token_id(key: str) -> int | None:
+        value = metadata.get(key)
+        return None if value is None else int(value)
 
     problems = []
-    template = field("tokenizer.chat_template")
+    template = metadata.get("tokenizer.chat_template")
     if template is None:
         problems.append("no tokenizer.chat_template (llama.cpp would fall back to llama-2)")
     elif template != served_chat_template(tokenizer):
         problems.append("tokenizer.chat_template differs from the training tokenizer's")
-    if field("tokenizer.ggml.eos_token_id") != tokenizer.eos_token_id:
-        problems.append(
-            f"tokenizer.ggml.eos_token_id {field('tokenizer.ggml.eos_token_id')} != "
-            f"{tokenizer.eos_token_id}"
-        )
-    if field("tokenizer.ggml.bos_token_id") != tokenizer.bos_token_id:
+    eos = token_id("tokenizer.ggml.eos_token_id")
+    if eos != tokenizer.eos_token_id:
+        problems.append(f"tokenizer.ggml.eos_token_id {eos} != {tokenizer.eos_token_id}")
+    if token_id("tokenizer.ggml.bos_token_id") != tokenizer.bos_token_id:
         problems.append("tokenizer.ggml.bos_token_id differs from the training tokenizer's")
     return problems
