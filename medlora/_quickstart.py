@@ -93,7 +93,7 @@ def _export_config(options: QuickstartOptions) -> Any:
     from medlora import ExportConfig
 
     if options.tiny:
-        return ExportConfig(gguf_types=("F16", "Q4_K_M"), threads=options.threads)
+        return ExportConfig(gguf_types=("F16", "Q4_K_M"))
     # Every check runs, on fewer positions than the defaults: held-out fidelity scoring of the
     # four models was 70% of the export's CPU time at 1,024 positions (profiled), and 256
     # positions still measure a perplexity ratio to about +-0.02. The merge goes straight into
@@ -104,14 +104,13 @@ def _export_config(options: QuickstartOptions) -> Any:
         fidelity_positions=256,
         imatrix_tokens=2048,
         merge_strategy="nf4-roundtrip",
-        threads=options.threads,
     )
 
 
-def _ask(gguf_file: Path, threads: int | None) -> str:
+def _ask(gguf_file: Path) -> str:
     from medlora.export import open_gguf
 
-    llm = open_gguf(gguf_file, n_ctx=1024, n_threads=threads)
+    llm = open_gguf(gguf_file, n_ctx=1024)
     try:
         reply = llm.create_chat_completion(
             messages=[
@@ -128,6 +127,11 @@ def _ask(gguf_file: Path, threads: int | None) -> str:
 
 def run_quickstart(options: QuickstartOptions) -> dict[str, float]:
     """Run the chain, print a report, and return each stage's wall time in seconds."""
+    with cpu_threads(options.threads):  # every stage: torch, the quantizer, llama.cpp's checks
+        return _run(options)
+
+
+def _run(options: QuickstartOptions) -> dict[str, float]:
     from medlora import AdapterExporter, QLoRATrainer
 
     started = time.perf_counter()
@@ -145,15 +149,12 @@ def run_quickstart(options: QuickstartOptions) -> dict[str, float]:
             from medlora.testing import smollm2_135m_instruct
 
             base = smollm2_135m_instruct()
-    with (
-        stages.stage("training", "QLoRA training (NF4 4-bit base + LoRA on all linear layers)"),
-        cpu_threads(options.threads),
-    ):
+    with stages.stage("training", "QLoRA training (NF4 4-bit base + LoRA on all linear layers)"):
         result = QLoRATrainer(_training_config(base, options)).train(progress=True)
     with stages.stage("export", "exporting adapter, merged safetensors and GGUF with checks"):
         exported = AdapterExporter(result, _export_config(options)).export(options.out / "export")
     with stages.stage("answer", "asking the Q4_K_M GGUF model in llama.cpp"):
-        answer = _ask(exported.gguf_files["Q4_K_M"], options.threads)
+        answer = _ask(exported.gguf_files["Q4_K_M"])
     _report(result, exported, answer, tiny=options.tiny)
     stages.times["total"] = time.perf_counter() - started
     chain = stages.times["total"] - stages.times["base model"]
