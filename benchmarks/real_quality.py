@@ -421,8 +421,14 @@ def _training_summary(run_dir: Path) -> dict[str, Any]:
 
     metrics = RunRecord.from_dir(run_dir).metrics
     losses = [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    keys = ("steps", "train_tokens", "seconds", "final_train_loss")
-    return {**{k: metrics[k] for k in keys}, "first_loss": losses[0], "losses": losses}
+    return {
+        "steps": metrics.steps,
+        "train_tokens": metrics.train_tokens,
+        "seconds": metrics.seconds,
+        "final_train_loss": metrics.final_train_loss,
+        "first_loss": losses[0],
+        "losses": losses,
+    }
 
 
 def evaluate_all(

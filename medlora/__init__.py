@@ -15,13 +15,15 @@ from medlora._errors import (
     PHIDetectedError,
     TrainingError,
 )
-from medlora.data import ClinicalDataset, ClinicalRecord, DataConfig
+from medlora.data import ClinicalDataset, ClinicalRecord, DataCard, DataConfig
 from medlora.export import AdapterExporter, ExportConfig, ExportResult
 from medlora.serve import LoadedModel, load
 from medlora.training import (
     LoraConfig,
     QLoRATrainer,
     QuantizationConfig,
+    RunDataCard,
+    RunMetrics,
     RunRecord,
     TrainingConfig,
     TrainingResult,
@@ -34,6 +36,7 @@ __all__ = [
     "ClinicalDataset",
     "ClinicalRecord",
     "ConfigError",
+    "DataCard",
     "DataConfig",
     "DatasetError",
     "DatasetProblem",
@@ -49,6 +52,8 @@ __all__ = [
     "PHIDetectedError",
     "QLoRATrainer",
     "QuantizationConfig",
+    "RunDataCard",
+    "RunMetrics",
     "RunRecord",
     "TrainingConfig",
     "TrainingError",

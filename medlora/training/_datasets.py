@@ -75,24 +75,6 @@ class RunData:
             contamination=tuple(leaks),
         )
 
-    def card(self, token_lengths: Sequence[int] = ()) -> dict[str, Any]:
-        """The run's data card for ``medlora.json`` and the model card: counts per kind,
-        lengths (characters; tokens when given), duplicates, contamination and PHI findings
-        by kind, never the text."""
-        card: dict[str, Any] = attrs.asdict(self.train.describe())
-        if token_lengths:
-            card["token_lengths"] = length_histogram(token_lengths)
-        if self.loaded is not None and self.loaded.dedup is not None:
-            card["duplicates_removed"] = {
-                "exact": self.loaded.dedup.exact,
-                "near": self.loaded.dedup.near,
-            }
-        phi = self.loaded.phi if self.loaded is not None else None
-        card["phi"] = "not checked" if phi is None else dict(phi.counts)
-        card["held_out_records"] = self.split.records
-        card["contamination"] = len({held for _, held, _ in self.contamination})
-        return card
-
     def report(self) -> str:
         """The one-screen data report ``medlora train`` prints before any model loads."""
         lines = (

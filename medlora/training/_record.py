@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,9 @@ import attrs
 from medlora._errors import DatasetError, ModelLoadError
 from medlora._io import write_json
 from medlora._versions import library_versions
-from medlora.data import ClinicalDataset
+from medlora.data import ClinicalDataset, DataCard
 from medlora.training._config import QuantizationConfig, TrainingConfig
-from medlora.training._datasets import HeldOutSplit, RunData, run_data
+from medlora.training._datasets import HeldOutSplit, RunData, length_histogram, run_data
 from medlora.training._result import TrainingResult
 
 RECORD_FILE = "medlora.json"
@@ -32,6 +32,105 @@ def _dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _names(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
+
+
+def _float(value: float | None) -> float:
+    """JSON numbers as floats; ``null`` as NaN (not measured)."""
+    return math.nan if value is None else float(value)
+
+
+def _same_nan(value: float) -> object:
+    """Equality key: a NaN read back from the file equals the NaN that was written."""
+    return "nan" if math.isnan(value) else value
+
+
+def _measured(default: float = math.nan) -> Any:
+    return attrs.field(default=default, converter=_float, eq=_same_nan)
+
+
+@attrs.frozen(kw_only=True)
+class RunMetrics:
+    """What a run measured (``metrics`` in ``medlora.json``); NaN where it measured nothing."""
+
+    initial_eval_loss: float = _measured()
+    """Held-out loss of the base model before training."""
+    final_eval_loss: float = _measured()
+    """Held-out loss of the adapter the run ended with."""
+    best_step: int | None = None
+    """Step of the best held-out loss among periodic evaluations."""
+    best_eval_loss: float = _measured()
+    """That best held-out loss."""
+    steps: int = 0
+    """Optimizer steps taken."""
+    stopped_early: bool = False
+    """Whether early stopping ended the run."""
+    resumed_from_step: int | None = None
+    """The checkpoint step the run continued from, if it resumed."""
+    train_tokens: int = 0
+    """Supervised (non-padding) tokens seen."""
+    seconds: float = _measured()
+    """Wall time of the training loop."""
+    timings: Mapping[str, float] = attrs.field(factory=dict, converter=_dict)
+    """Seconds spent in ``setup``, ``train``, ``eval`` and ``save``."""
+    final_train_loss: float = _measured()
+    """Mean training loss of the last optimizer step."""
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
+    """Keys of ``metrics`` this version does not know, kept as they were."""
+
+    @classmethod
+    def of_result(cls, result: TrainingResult) -> RunMetrics:
+        """The metrics of a finished run."""
+        return cls(
+            initial_eval_loss=result.initial_eval_loss,
+            final_eval_loss=result.final_eval_loss,
+            best_step=result.best_step,
+            best_eval_loss=result.best_eval_loss,
+            steps=result.steps,
+            stopped_early=result.stopped_early,
+            resumed_from_step=result.resumed_from_step,
+            train_tokens=result.train_tokens,
+            seconds=result.seconds,
+            timings=result.timings,
+            final_train_loss=result.train_losses[-1] if result.train_losses else math.nan,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RunDataCard:
+    """The run's data card (``data_card`` in ``medlora.json``, shown in the exported model
+    card): the training records' :class:`~medlora.data.DataCard` and what the run added,
+    counts only, never the text."""
+
+    dataset: DataCard
+    """Counts per kind, character and turn statistics, duplicates of the training records
+    (``ClinicalDataset.describe()``; its fields sit at the top level of ``data_card``)."""
+    token_lengths: Mapping[str, int] | None = None
+    """Training examples per token-length bucket (``{"<=64": 3, ...}``)."""
+    duplicates_removed: Mapping[str, int] | None = None
+    """Records removed by ``data.dedup``: ``{"exact": n, "near": m}``."""
+    phi: Mapping[str, int] | None = None
+    """PHI findings per kind; None when the data was not checked."""
+    held_out_records: int = 0
+    """How many records were held out."""
+    contamination: int = 0
+    """Held-out records whose prompt (nearly) repeats a training prompt."""
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
+    """Keys of ``data_card`` this version does not know, kept as they were."""
+
+    @classmethod
+    def of(cls, data: RunData, token_lengths: Sequence[int] = ()) -> RunDataCard:
+        """The card of a run's records; ``token_lengths`` of its tokenized examples."""
+        dedup = data.loaded.dedup if data.loaded is not None else None
+        phi = data.loaded.phi if data.loaded is not None else None
+        removed = None if dedup is None else {"exact": dedup.exact, "near": dedup.near}
+        return cls(
+            dataset=data.train.describe(),
+            token_lengths=length_histogram(token_lengths) if token_lengths else None,
+            duplicates_removed=removed,
+            phi=None if phi is None else dict(phi.counts),
+            held_out_records=data.split.records,
+            contamination=len({held for _, held, _ in data.contamination}),
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -59,8 +158,8 @@ class RunRecord:
     """Which adapter ``adapter/`` holds: ``best`` (by held-out loss) or ``last``."""
     adapter_step: int | None = None
     """The step that adapter comes from."""
-    metrics: dict[str, Any] = attrs.field(factory=dict, converter=_dict)
-    """Held-out losses, steps, tokens, seconds and timings (:meth:`of_result`)."""
+    metrics: RunMetrics = attrs.field(factory=RunMetrics)
+    """Held-out losses, steps, tokens, seconds and timings."""
     checkpoints: tuple[str, ...] = attrs.field(default=(), converter=_names)
     """Checkpoint directory names left in the run directory, oldest first."""
     versions: dict[str, str] = attrs.field(factory=dict, converter=_dict)
@@ -68,8 +167,9 @@ class RunRecord:
     held_out_split: HeldOutSplit | None = None
     """How the held-out records were chosen (``held_out`` in the file); None in records
     from before it was recorded."""
-    data_card: dict[str, Any] | None = None
-    """Counts, length histograms, duplicates, contamination and PHI findings of the data."""
+    data_card: RunDataCard | None = None
+    """Counts, length histograms, duplicates, contamination and PHI findings of the data
+    (None in records from before it was recorded)."""
     world_size: int = 1
     """Processes the run trained on."""
     runtime: dict[str, Any] = attrs.field(factory=dict, converter=_dict)
@@ -84,7 +184,7 @@ class RunRecord:
         *,
         config: Mapping[str, Any],
         data: RunData,
-        data_card: Mapping[str, Any] | None,
+        data_card: RunDataCard | None,
         adapter_source: str,
         adapter_step: int,
         world_size: int,
@@ -100,11 +200,11 @@ class RunRecord:
             eval_records=0 if held is None else len(held),
             adapter_source=adapter_source,
             adapter_step=adapter_step,
-            metrics=_metrics(result),
+            metrics=RunMetrics.of_result(result),
             checkpoints=tuple(p.name for p in result.checkpoints),
             versions=library_versions(),
             held_out_split=data.split,
-            data_card=None if data_card is None else dict(data_card),
+            data_card=data_card,
             world_size=world_size,
             runtime=runtime,
         )
@@ -118,13 +218,17 @@ class RunRecord:
         known.pop("kind", None)
         adapter = known.pop("adapter", None) or {}
         split = known.pop("held_out", None)
-        names = {f.name for f in attrs.fields(cls)} - {"held_out_split", "extra"}
+        metrics = known.pop("metrics", None) or {}
+        card = known.pop("data_card", None)
+        names = {f.name for f in attrs.fields(cls)} - {"held_out_split", "extra", "metrics"}
         fields = {name: known.pop(name) for name in list(known) if name in names}
         return cls(
             **fields,
             adapter_source=adapter.get("source", "last"),
             adapter_step=adapter.get("step"),
             held_out_split=HeldOutSplit.from_dict(split) if isinstance(split, Mapping) else None,
+            metrics=_read_metrics(metrics),
+            data_card=_read_card(card) if isinstance(card, Mapping) else None,
             extra=known,
         )
 
@@ -158,14 +262,14 @@ class RunRecord:
             "train_records": self.train_records,
             "eval_records": self.eval_records,
             "adapter": {"source": self.adapter_source, "step": self.adapter_step},
-            "metrics": self.metrics,
+            "metrics": _metrics_dict(self.metrics),
             "checkpoints": list(self.checkpoints),
             "versions": self.versions,
         }
         if self.held_out_split is not None:
             record["held_out"] = self.held_out_split.to_dict()
         if self.data_card is not None:
-            record["data_card"] = self.data_card
+            record["data_card"] = _card_dict(self.data_card)
         record["world_size"] = self.world_size
         record["runtime"] = self.runtime
         return record | self.extra
@@ -243,18 +347,54 @@ class RunRecord:
         return held
 
 
-def _metrics(result: TrainingResult) -> dict[str, Any]:
-    """The ``metrics`` of ``medlora.json``."""
-    return {
-        "initial_eval_loss": result.initial_eval_loss,
-        "final_eval_loss": result.final_eval_loss,
-        "best_step": result.best_step,
-        "best_eval_loss": result.best_eval_loss,
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "resumed_from_step": result.resumed_from_step,
-        "train_tokens": result.train_tokens,
-        "seconds": result.seconds,
-        "timings": dict(result.timings),
-        "final_train_loss": result.train_losses[-1] if result.train_losses else math.nan,
-    }
+def _read_metrics(data: Mapping[str, Any]) -> RunMetrics:
+    """``metrics`` of ``medlora.json``; unknown keys go to ``extra``."""
+    names = {f.name for f in attrs.fields(RunMetrics)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    return RunMetrics(**known, extra={k: v for k, v in data.items() if k not in names})
+
+
+def _metrics_dict(metrics: RunMetrics) -> dict[str, Any]:
+    """The JSON form of ``metrics``, keys in the order runs have always written them."""
+    out = attrs.asdict(metrics, recurse=False, filter=lambda a, _: a.name != "extra")
+    out["timings"] = dict(metrics.timings)
+    return out | dict(metrics.extra)
+
+
+_DATASET_FIELDS = tuple(f.name for f in attrs.fields(DataCard))
+_RUN_FIELDS = ("token_lengths", "duplicates_removed", "phi", "held_out_records", "contamination")
+
+
+def _read_card(data: Mapping[str, Any]) -> RunDataCard:
+    """``data_card`` of ``medlora.json``: the dataset's card at the top level, the run's
+    additions beside it (``phi`` is ``"not checked"`` or counts per kind).
+
+    Raises:
+        ModelLoadError: A field of the dataset's card is missing.
+    """
+    missing = [name for name in _DATASET_FIELDS if name not in data]
+    if missing:
+        raise ModelLoadError(
+            f"{RECORD_FILE}: data_card lacks {', '.join(missing)}; it was not written by "
+            "medlora (remove data_card, or write the card ClinicalDataset.describe() gives)"
+        )
+    run = {k: data[k] for k in _RUN_FIELDS if k in data}
+    if not isinstance(run.get("phi"), Mapping):
+        run["phi"] = None
+    extra = {k: v for k, v in data.items() if k not in _DATASET_FIELDS + _RUN_FIELDS}
+    return RunDataCard(
+        dataset=DataCard(**{k: data[k] for k in _DATASET_FIELDS}), **run, extra=extra
+    )
+
+
+def _card_dict(card: RunDataCard) -> dict[str, Any]:
+    """The JSON form of ``data_card``, keys in the order runs have always written them."""
+    out: dict[str, Any] = attrs.asdict(card.dataset)
+    if card.token_lengths is not None:
+        out["token_lengths"] = dict(card.token_lengths)
+    if card.duplicates_removed is not None:
+        out["duplicates_removed"] = dict(card.duplicates_removed)
+    out["phi"] = "not checked" if card.phi is None else dict(card.phi)
+    out["held_out_records"] = card.held_out_records
+    out["contamination"] = card.contamination
+    return out | dict(card.extra)

@@ -56,7 +56,7 @@ from medlora.training._model import (
     resolve_attention,
     resolve_precision,
 )
-from medlora.training._record import RunRecord
+from medlora.training._record import RunDataCard, RunRecord
 from medlora.training._result import TrainingResult
 from medlora.training._state import LoopState, Run
 
@@ -676,7 +676,7 @@ class QLoRATrainer:
             result,
             config=self.config.to_dict(),
             data=data,
-            data_card=data.card(self._token_lengths),
+            data_card=RunDataCard.of(data, self._token_lengths),
             adapter_source=source,
             adapter_step=step,
             world_size=run.acc.num_processes,

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
 
-from medlora import DatasetError, ModelLoadError, RunRecord, TrainingConfig
+from medlora import (
+    DataCard,
+    DatasetError,
+    ModelLoadError,
+    RunDataCard,
+    RunMetrics,
+    RunRecord,
+    TrainingConfig,
+)
 from medlora.training import HeldOutSplit, run_data
 
-# What a run directory's medlora.json held before held-out splits, data cards, world size and
-# runtime were recorded (the keys the first versions wrote).
+# A run directory's medlora.json from before held-out splits, data cards, world size and
+# runtime were recorded, without the adapter and checkpoint keys (they take their defaults).
+OLD_METRICS = {
+    "initial_eval_loss": 2.25,
+    "final_eval_loss": 1.5,
+    "best_step": None,
+    "best_eval_loss": math.nan,
+    "steps": 24,
+    "stopped_early": False,
+    "resumed_from_step": None,
+    "train_tokens": 4096,
+    "seconds": 12.5,
+    "timings": {"setup": 1.0, "train": 11.5},
+    "final_train_loss": 1.75,
+}
 OLD_RECORD = {
     "kind": "training-run",
     "config": {"model": "m", "output_dir": "r", "max_seq_len": 256},
@@ -19,9 +42,26 @@ OLD_RECORD = {
     "data_fingerprint": "abc",
     "train_records": 90,
     "eval_records": 10,
-    "metrics": {"steps": 24, "final_eval_loss": 1.5},
+    "metrics": OLD_METRICS,
     "versions": {"medlora": "0.0.9"},
 }
+MAIN_RECORD = Path(__file__).parent / "records" / "main-0.1.0.json"
+"""A ``medlora.json`` written by the dict-based writer (medlora 0.1.0 before ``RunMetrics`` and
+``RunDataCard``): a run with a held-out fraction, PHI redaction, exact deduplication and token
+lengths; ``best_eval_loss`` is NaN (no periodic evaluation)."""
+
+CARD = DataCard(
+    source="notes.jsonl",
+    fingerprint="f" * 64,
+    records=10,
+    kinds={"qa": 10},
+    groups=None,
+    chars={"min": 10, "mean": 12.5, "median": 12.0, "p95": 15, "max": 15},
+    turns={"min": 2, "mean": 2.0, "median": 2.0, "p95": 2, "max": 2},
+    exact_duplicate_groups=0,
+    near_duplicate_pairs=1,
+    skipped=0,
+)
 
 
 def test_a_record_round_trips_through_its_file_in_the_order_it_was_written(
@@ -35,10 +75,10 @@ def test_a_record_round_trips_through_its_file_in_the_order_it_was_written(
         eval_records=1,
         adapter_source="best",
         adapter_step=3,
-        metrics={"steps": 4, "initial_eval_loss": 2.5},
+        metrics=RunMetrics(steps=4, initial_eval_loss=2.5),
         checkpoints=("step-0000004",),
         held_out_split=HeldOutSplit(recipe="fraction", fraction=0.1, fingerprint="h", records=1),
-        data_card={"records": 10},
+        data_card=RunDataCard(dataset=CARD, held_out_records=1),
         world_size=2,
         runtime={"device": "cpu"},
     )
@@ -75,10 +115,52 @@ def test_an_old_record_loads_with_defaults_and_keeps_unknown_keys(tmp_path: Path
     assert (record.world_size, record.runtime, record.checkpoints) == (1, {}, ())
     assert record.quantization() is None
     assert record.extra == {"notes": {"by": "hand"}}
+    assert record.metrics.steps == 24 and math.isnan(record.metrics.best_eval_loss)
     copy = tmp_path / "copy"
     copy.mkdir()
     written = json.loads(record.write(copy).read_text())
-    assert written["notes"] == {"by": "hand"} and written["metrics"] == OLD_RECORD["metrics"]
+    assert written["notes"] == {"by": "hand"}
+    assert json.dumps(written["metrics"]) == json.dumps(OLD_METRICS)  # same keys, same order
+
+
+def test_a_record_written_before_typed_metrics_and_data_cards_loads_and_writes_back_unchanged(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(MAIN_RECORD, tmp_path / "medlora.json")
+    record = RunRecord.from_dir(tmp_path)
+    metrics = record.metrics
+    assert (metrics.steps, metrics.train_tokens, metrics.final_train_loss) == (4, 812, 2.125)
+    assert metrics.best_step is None and math.isnan(metrics.best_eval_loss)
+    assert metrics.timings["train"] == 2.5 and metrics.extra == {}
+    card = record.data_card
+    assert card is not None and card.extra == {}
+    assert card.dataset.records == record.train_records == 11 and card.dataset.groups == 11
+    assert card.dataset.chars["mean"] == 119.4
+    assert card.token_lengths == {"<=64": 1, "<=128": 2, "<=512": 1}
+    assert card.duplicates_removed == {"exact": 1, "near": 0} and card.phi == {"NAME": 13}
+    assert (card.held_out_records, card.contamination) == (1, 0)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    assert record.write(copy).read_bytes() == MAIN_RECORD.read_bytes()
+    assert RunRecord.from_dir(copy) == record  # NaN read back equals NaN written
+
+
+def test_unknown_metrics_and_card_keys_are_kept_and_unchecked_phi_reads_as_none() -> None:
+    data = json.loads(MAIN_RECORD.read_text())
+    data["metrics"]["tokens_per_second"] = 250.0
+    data["data_card"] |= {"phi": "not checked", "languages": ["en"]}
+    record = RunRecord.from_dict(data)
+    assert record.metrics.extra == {"tokens_per_second": 250.0}
+    assert record.data_card is not None and record.data_card.phi is None
+    assert record.data_card.extra == {"languages": ["en"]}
+    again = record.to_dict()
+    assert again["metrics"]["tokens_per_second"] == 250.0
+    assert again["data_card"]["phi"] == "not checked" and again["data_card"]["languages"] == ["en"]
+
+
+def test_a_data_card_without_the_datasets_fields_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="data_card lacks source, fingerprint"):
+        RunRecord.from_dict({**OLD_RECORD, "data_card": {"records": 10}})
 
 
 def test_an_export_directory_carries_the_run_record(tmp_path: Path) -> None:
@@ -86,7 +168,7 @@ def test_an_export_directory_carries_the_run_record(tmp_path: Path) -> None:
     record.write_export(tmp_path, export_config={"formats": ["gguf"]}, merge_strategy="original")
     written = json.loads((tmp_path / "medlora.json").read_text())
     assert written["kind"] == "export" and written["merge_strategy"] == "original"
-    assert written["training"] == record.to_dict()
+    assert json.dumps(written["training"]) == json.dumps(record.to_dict())  # NaN != NaN
     assert RunRecord.from_dir(tmp_path) == record
 
 

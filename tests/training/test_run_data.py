@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medlora import TrainingConfig
+from medlora import RunDataCard, RunRecord, TrainingConfig
 from medlora.training import run_data
 from medlora.training._datasets import length_histogram
 
@@ -47,14 +47,14 @@ def test_training_checks_held_out_records_against_training_prompts(tmp_path: Pat
 def test_data_card_has_counts_lengths_duplicates_phi_and_no_text(tmp_path: Path) -> None:
     data = {"path": str(_rows(tmp_path)), "group_by": "pid", "phi": "redact", "dedup": "exact"}
     run = run_data(TrainingConfig(model="m", output_dir=tmp_path / "r", data=data))
-    card = run.card(token_lengths=[30, 70, 70, 300])
-    assert card["kinds"] == {"qa": len(run.train)}
-    assert card["duplicates_removed"] == {"exact": 1, "near": 0}
-    assert card["phi"]["NAME"] == 13  # found before the duplicate was removed
-    assert card["token_lengths"] == {"<=64": 1, "<=128": 2, "<=512": 1}
-    assert card["held_out_records"] == run.split.records
-    assert isinstance(card["contamination"], int)
-    text = json.dumps(card)
+    card = RunDataCard.of(run, token_lengths=[30, 70, 70, 300])
+    assert card.dataset.kinds == {"qa": len(run.train)}
+    assert card.duplicates_removed == {"exact": 1, "near": 0}
+    assert card.phi is not None and card.phi["NAME"] == 13  # found before the dup went
+    assert card.token_lengths == {"<=64": 1, "<=128": 2, "<=512": 1}
+    assert card.held_out_records == run.split.records
+    assert isinstance(card.contamination, int)
+    text = json.dumps(RunRecord(data_card=card).to_dict())
     assert "Smith" not in text and "pneumonia" not in text
 
 
