@@ -170,8 +170,120 @@ def _stops(stop: str | Sequence[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else [s for s in stop if s]
 
 
-class _Scoring:
-    """Shared scoring on top of ``tokenize`` and ``token_logprobs``."""
+@attrs.frozen(kw_only=True)
+class _Sampling:
+    """The keywords of one ``generate``/``chat`` call, defaults filled in."""
+
+    max_new_tokens: int
+    temperature: float
+    stops: list[str]
+    seed: int
+
+
+class _Backend:
+    """What both backends share: ``generate``/``chat``, typed once over the backends'
+    ``_generate``/``_chat``, and scoring on top of ``tokenize`` and ``_log_softmax``."""
+
+    def render(  # pragma: no cover - overridden
+        self, messages: Messages, *, generation_prompt: bool = False
+    ) -> str:
+        raise NotImplementedError
+
+    def _generate(  # pragma: no cover - overridden
+        self, prompt: str, sampling: _Sampling, *, stream: bool
+    ) -> str | Iterator[str]:
+        raise NotImplementedError
+
+    def _chat(
+        self, messages: Messages, sampling: _Sampling, *, stream: bool
+    ) -> str | Iterator[str]:
+        prompt = self.render(messages, generation_prompt=True)
+        return self._generate(prompt, sampling, stream=stream)
+
+    @overload
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        stop: str | Sequence[str] | None = ...,
+        stream: Literal[False] = ...,
+        seed: int = ...,
+    ) -> str: ...
+    @overload
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        stop: str | Sequence[str] | None = ...,
+        stream: Literal[True],
+        seed: int = ...,
+    ) -> Iterator[str]: ...
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        seed: int = 0,
+    ) -> str | Iterator[str]:
+        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or the limit.
+
+        Returns:
+            The text, or with ``stream=True`` an iterator of text pieces.
+        """
+        sampling = _Sampling(
+            max_new_tokens=max_new_tokens, temperature=temperature, stops=_stops(stop), seed=seed
+        )
+        return self._generate(prompt, sampling, stream=stream)
+
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        stop: str | Sequence[str] | None = ...,
+        stream: Literal[False] = ...,
+        seed: int = ...,
+    ) -> str: ...
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        stop: str | Sequence[str] | None = ...,
+        stream: Literal[True],
+        seed: int = ...,
+    ) -> Iterator[str]: ...
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        seed: int = 0,
+    ) -> str | Iterator[str]:
+        """Answer a conversation (``{"role", "content"}`` mappings) through the chat template;
+        generation stops at EOS or the template's end of a reply.
+
+        Returns:
+            The reply, or with ``stream=True`` an iterator of text pieces.
+        """
+        sampling = _Sampling(
+            max_new_tokens=max_new_tokens, temperature=temperature, stops=_stops(stop), seed=seed
+        )
+        return self._chat(messages, sampling, stream=stream)
 
     def tokenize(self, text: str) -> list[int]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -209,7 +321,7 @@ class _Scoring:
 
 
 @attrs.define
-class HFModel(_Scoring):
+class HFModel(_Backend):
     """A transformers causal LM (merged weights, or a base with a peft adapter on top)."""
 
     model: Any
@@ -355,46 +467,12 @@ class HFModel(_Scoring):
                 yield text[len(prefix) :]
                 x = torch.tensor([[token]], device=self._device())
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: str | Sequence[str] | None = None,
-        stream: bool = False,
-        seed: int = 0,
-    ) -> Any:
-        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or the limit.
-
-        Returns:
-            The text, or with ``stream=True`` an iterator of text pieces.
-        """
-        pieces = _pieces(
-            self._token_stream(self.tokenize(prompt), max_new_tokens, temperature, seed),
-            _stops(stop),
+    def _generate(self, prompt: str, sampling: _Sampling, *, stream: bool) -> str | Iterator[str]:
+        tokens = self._token_stream(
+            self.tokenize(prompt), sampling.max_new_tokens, sampling.temperature, sampling.seed
         )
+        pieces = _pieces(tokens, sampling.stops)
         return pieces if stream else "".join(pieces)
-
-    def chat(
-        self,
-        messages: Messages,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: str | Sequence[str] | None = None,
-        stream: bool = False,
-        seed: int = 0,
-    ) -> Any:
-        """Answer a conversation: rendered with the chat template, generation stops at EOS."""
-        return self.generate(
-            self.render(messages, generation_prompt=True),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            stop=stop,
-            stream=stream,
-            seed=seed,
-        )
 
     def close(self) -> None:
         """Release the weights."""
@@ -408,7 +486,7 @@ class HFModel(_Scoring):
 
 
 @attrs.define
-class GGUFModel(_Scoring):
+class GGUFModel(_Backend):
     """A GGUF file run by llama.cpp (opened through :func:`medlora.export.open_gguf`)."""
 
     llm: Any
@@ -512,45 +590,16 @@ class GGUFModel(_Scoring):
             if piece:
                 yield piece
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: str | Sequence[str] | None = None,
-        stream: bool = False,
-        seed: int = 0,
-    ) -> Any:
-        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or the limit."""
-        out = self.llm.create_completion(
-            prompt,
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-            stop=_stops(stop) or None,
-            stream=stream,
-            seed=seed,
-        )
+    def _generate(self, prompt: str, sampling: _Sampling, *, stream: bool) -> str | Iterator[str]:
+        out = self.llm.create_completion(prompt, stream=stream, **_llama_sampling(sampling))
         return self._stream(out, "text") if stream else str(out["choices"][0]["text"])
 
-    def chat(
-        self,
-        messages: Messages,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: str | Sequence[str] | None = None,
-        stream: bool = False,
-        seed: int = 0,
-    ) -> Any:
-        """Answer a conversation with the chat template stored in the file; stops at EOS."""
+    def _chat(
+        self, messages: Messages, sampling: _Sampling, *, stream: bool
+    ) -> str | Iterator[str]:
+        """Through llama-cpp-python's chat handler, with the chat template stored in the file."""
         out = self.llm.create_chat_completion(
-            messages=[dict(m) for m in messages],
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-            stop=_stops(stop) or None,
-            stream=stream,
-            seed=seed,
+            messages=[dict(m) for m in messages], stream=stream, **_llama_sampling(sampling)
         )
         if stream:
             return self._stream(out, "delta")
@@ -565,9 +614,7 @@ class GGUFModel(_Scoring):
         goes through llama-cpp-python's handler, as a server does). Stops at EOS."""
         del batch_size
         return [
-            str(
-                self.generate(self.render(m, generation_prompt=True), max_new_tokens=max_new_tokens)
-            )
+            self.generate(self.render(m, generation_prompt=True), max_new_tokens=max_new_tokens)
             for m in conversations
         ]
 
@@ -582,6 +629,16 @@ class GGUFModel(_Scoring):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _llama_sampling(sampling: _Sampling) -> dict[str, Any]:
+    """llama-cpp-python's keywords for ``sampling``."""
+    return {
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "stop": sampling.stops or None,
+        "seed": sampling.seed,
+    }
 
 
 def _is_gguf(path: Path) -> bool:
