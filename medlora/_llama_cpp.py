@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from medlora._errors import ModelLoadError
 from medlora._optional import require
@@ -85,26 +84,6 @@ def _plain_buffer_llama(llama_class: type) -> type:
             self.__dict__["_medlora_model_params"] = value
 
     return PlainBufferLlama
-
-
-@contextlib.contextmanager
-def no_extra_buffer_types(llama_module: Any) -> Iterator[None]:
-    """For llama-cpp-python's server, which builds its ``Llama`` itself: the default model
-    parameters ``use_extra_bufts`` off while the block runs (see :func:`_plain_buffer_llama`).
-
-    The one place medlora still patches a dependency: the server offers neither a parameter
-    nor a class to pass in. Not thread-safe; the server loads its model once, at start.
-    """
-    default = llama_module.llama_cpp.llama_model_default_params
-
-    def params() -> Any:
-        value = default()
-        if hasattr(value, "use_extra_bufts"):
-            value.use_extra_bufts = False
-        return value
-
-    with mock.patch.object(llama_module.llama_cpp, "llama_model_default_params", params):
-        yield
 
 
 def open_gguf(

@@ -17,8 +17,6 @@ from medlora.serve._load import (
     load,
 )
 from medlora.serve._server import (
-    CHECKED_PATHS,
-    RequestValidator,
     ServeConfig,
     create_gguf_app,
     serve_gguf,
@@ -26,13 +24,11 @@ from medlora.serve._server import (
 )
 
 __all__ = [
-    "CHECKED_PATHS",
     "GGUFModel",
     "GenerateKeywords",
     "HFModel",
     "LoadedModel",
     "Loglikelihood",
-    "RequestValidator",
     "SUPPORTED_ARCHITECTURES",
     "ServeConfig",
     "VLLM_LORA_MODULES",

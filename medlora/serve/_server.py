@@ -1,10 +1,10 @@
-"""Serve a GGUF file with llama-cpp-python's OpenAI-compatible server, checked and CPU-safe.
+"""Serve a GGUF file over an OpenAI-compatible API, checked and CPU-safe.
 
-The app is llama-cpp-python's own (``llama_cpp.server.app.create_app``), with two changes:
-its model is loaded with llama.cpp's AMX weight repacking switched off (the same workaround
-:func:`medlora.export.open_gguf` applies), and requests pass through :class:`RequestValidator`,
-which answers malformed bodies, wrong types, absurd ``max_tokens`` and unknown models with a
-4xx OpenAI-style JSON error instead of a 500 or a silent fallback to the default model.
+The model is loaded by :func:`medlora.export.open_gguf` (llama.cpp's AMX weight repacking
+off) and answered through llama-cpp-python's request types and error handler
+(``medlora.serve._openai``); requests pass through :class:`RequestValidator` first, which
+answers malformed bodies, wrong types, absurd ``max_tokens`` and unknown models with a 4xx
+OpenAI-style JSON error instead of a 500 or a silent fallback to the default model.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def validate_request(
     """Check one request body; ``None`` if it may pass, else ``(status, JSON error body)``.
 
     Args:
-        path: The endpoint (one of :data:`CHECKED_PATHS`).
+        path: The endpoint: ``/v1/chat/completions`` or ``/v1/completions``.
         raw: The request body.
         models: Model ids the server knows.
         max_tokens: The largest ``max_tokens`` accepted (the context length).
@@ -218,11 +218,13 @@ class RequestValidator:
         return given == f"Bearer {self.api_key}".encode()
 
 
-def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> RequestValidator:
-    """llama-cpp-python's OpenAI-compatible app for ``model``, wrapped in request checks.
+def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> ASGIApp:
+    """An OpenAI-compatible ASGI app for ``model`` (what ``medlora serve`` runs), wrapped in
+    request checks (:func:`validate_request`).
 
     The chat template comes from the file (``tokenizer.chat_template``); the model is loaded
-    once, with llama.cpp's AMX repacking off (see :func:`medlora.export.open_gguf`).
+    once, by :func:`medlora.export.open_gguf` (llama.cpp's AMX repacking off), and freed when
+    the app shuts down.
 
     Raises:
         ModelLoadError: The file is missing or llama.cpp cannot load it.
@@ -232,30 +234,14 @@ def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> Req
     model = Path(model)
     if not model.is_file():
         raise ModelLoadError(f"{model} does not exist; pass a .gguf file")
-    require("fastapi", "medlora serve (llama-cpp-python[server])")
-    require("sse_starlette", "medlora serve (llama-cpp-python[server])")
-    server_app = require("llama_cpp.server.app", "medlora serve")
-    settings = require("llama_cpp.server.settings", "medlora serve")
-    llama_module = require("llama_cpp.llama", "medlora serve")
-    from medlora._llama_cpp import no_extra_buffer_types
+    for module in ("fastapi", "sse_starlette", "llama_cpp.server.types"):
+        require(module, "medlora serve (llama-cpp-python[server])")
+    from medlora.export import open_gguf
+    from medlora.serve._openai import openai_app
 
     alias = config.alias_for(model)
-    extra = {} if config.n_threads is None else {"n_threads": config.n_threads}
-    model_settings = settings.ModelSettings(
-        model=str(model), model_alias=alias, n_ctx=config.n_ctx, verbose=False, **extra
-    )
-    # interrupt_requests=False: a new request waits for a running stream instead of cutting
-    # it short (llama-cpp-python's default ends the stream without [DONE]).
-    server_settings = settings.ServerSettings(
-        host=config.host, port=config.port, api_key=config.api_key, interrupt_requests=False
-    )
-    try:
-        with no_extra_buffer_types(llama_module):
-            app = server_app.create_app(
-                server_settings=server_settings, model_settings=[model_settings]
-            )
-    except ValueError as exc:  # "Failed to load model from file"
-        raise ModelLoadError(f"llama.cpp cannot load {model}: {exc}") from exc
+    llm = open_gguf(model, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    app = openai_app(llm, alias=alias, api_key=config.api_key)
     return RequestValidator(
         app=app, models=(alias,), max_tokens=config.n_ctx, api_key=config.api_key
     )
@@ -315,10 +301,5 @@ def serve_gguf(model: str | Path, config: ServeConfig | None = None) -> None:
         "(OpenAI-compatible; Ctrl-C to stop)",
         flush=True,
     )
-    try:
-        server.run()  # SIGINT/SIGTERM: stop accepting, let open requests finish, return
-    finally:
-        proxy = getattr(require("llama_cpp.server.app", "medlora serve"), "_llama_proxy", None)
-        if proxy is not None:
-            proxy.free()
+    server.run()  # SIGINT/SIGTERM: stop accepting, let open requests finish, free the model
     print("server stopped", flush=True)

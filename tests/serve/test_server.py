@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from serve_helpers import Server, http, pick_port, serve_argv
 
-from medlora.serve import validate_request
+from medlora.serve import ServeConfig, create_gguf_app, validate_request
 
 CHAT = {"model": "clinical-tiny", "messages": [{"role": "user", "content": "What is sepsis?"}]}
 
@@ -225,3 +225,19 @@ def test_api_key_and_graceful_shutdown_on_sigint(exported: Any) -> None:
         code, out = srv.stop(signal.SIGINT)
     assert code == 0, out
     assert "server stopped" in out
+
+
+def test_the_served_model_keeps_its_weights_in_plain_buffers(exported: Any) -> None:
+    """``create_gguf_app`` serves a model ``open_gguf`` loaded, without llama.cpp's extra
+    (AMX) buffer types that llama.cpp turns on by default, and no patch of llama-cpp-python."""
+    from starlette.testclient import TestClient
+
+    config = ServeConfig(model_alias="m", n_threads=1)
+    app = create_gguf_app(exported.gguf_files["Q8_0"], config)
+    llm = app.app.state.llm  # type: ignore[attr-defined]
+    assert llm.model_params.use_extra_bufts is False
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json={**CHAT, "model": "m", "max_tokens": 3})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+        assert client.post("/v1/completions", json={"prompt": "Asthma"}).status_code == 200
