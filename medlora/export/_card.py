@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medlora.training import RunRecord
 
 INTENDED_USE = (
     "Research and development of clinical-language assistants. **Not a medical device.** "
@@ -20,13 +23,14 @@ def model_card(
     name: str,
     base_model: str,
     license: str,
-    training: Mapping[str, Any],
+    training: RunRecord,
     parity: Mapping[str, Any],
     files: Mapping[str, str],
     version: str,
 ) -> str:
-    """Markdown model card with Hugging Face metadata front matter."""
-    metrics = training.get("metrics", {})
+    """Markdown model card with Hugging Face metadata front matter, for the run ``training``
+    records."""
+    metrics = training.metrics
     lines = [
         "---",
         f"license: {license}",
@@ -52,18 +56,16 @@ def model_card(
         "|---|---|",
         *[f"| {kind} | `{path}` |" for kind, path in files.items()],
         "",
-        *_data_card(training.get("data_card")),
+        *_data_card(training),
         "## Training",
         "",
-        f"- records: {training.get('train_records', '?')} train, "
-        f"{training.get('eval_records', '?')} held out "
-        f"(data fingerprint `{str(training.get('data_fingerprint', '?'))[:16]}`)",
-        f"- held-out loss: {metrics.get('initial_eval_loss', float('nan')):.4f} before, "
-        f"{metrics.get('final_eval_loss', float('nan')):.4f} after "
-        f"{metrics.get('steps', '?')} steps",
+        f"- records: {training.train_records} train, {training.eval_records} held out "
+        f"(data fingerprint `{str(training.data_fingerprint)[:16]}`)",
+        f"- held-out loss: {metrics.initial_eval_loss:.4f} before, "
+        f"{metrics.final_eval_loss:.4f} after {metrics.steps} steps",
         "",
         "```json",
-        json.dumps(training.get("config", {}), indent=2),
+        json.dumps(training.config, indent=2),
         "```",
         "",
         "## Export parity",
@@ -158,17 +160,16 @@ def _serving_checks(parity: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _data_card(card: Any) -> list[str]:
-    """The training data's card (``ClinicalDataset.describe()``), when the run recorded one."""
+def _data_card(training: RunRecord) -> list[str]:
+    """The training data's card (:class:`~medlora.RunDataCard`) as the run's ``medlora.json``
+    holds it, when the run recorded one."""
+    card = training.to_dict().get("data_card")
     if not card:
         return []
     lines = ["## Training data", ""]
-    if isinstance(card, str):
-        lines.append(card.strip())
-    elif isinstance(card, Mapping):
-        for key, value in card.items():
-            shown = json.dumps(value) if isinstance(value, Mapping | list) else value
-            lines.append(f"- {key.replace('_', ' ')}: {shown}")
+    for key, value in card.items():
+        shown = json.dumps(value) if isinstance(value, Mapping | list) else value
+        lines.append(f"- {key.replace('_', ' ')}: {shown}")
     lines.append("")
     return lines
 

@@ -354,7 +354,7 @@ class AdapterExporter:
                 name=plan.name,
                 base_model=cfg.base_model_id or str(plan.base),
                 license=cfg.license,
-                training=plan.record.to_dict(),
+                training=plan.record,
                 parity=shipped.parity,
                 files=shipped.files,
                 version=library_versions()["medlora"],

@@ -482,17 +482,31 @@ def test_tokenization_is_one_path_from_training_to_llama_cpp(exported: Any) -> N
 
 
 def test_model_card_includes_the_data_card_when_the_run_has_one() -> None:
+    from medlora import DataCard, RunDataCard, RunMetrics, RunRecord
     from medlora.export._card import model_card
 
     parity = {"artefacts": {}}
     common = {"name": "m", "base_model": "b", "license": "mit", "files": {}, "version": "0"}
-    plain = model_card(training={}, parity=parity, **common)
+    record = RunRecord(train_records=480, metrics=RunMetrics(initial_eval_loss=2.5, steps=3))
+    plain = model_card(training=record, parity=parity, **common)
     assert "## Training data" not in plain
-    card = model_card(
-        training={"data_card": {"records": 480, "kinds": {"qa": 300, "summary": 180}}},
-        parity=parity,
-        **common,
+    assert "- records: 480 train, 0 held out" in plain
+    assert "- held-out loss: 2.5000 before, nan after 3 steps" in plain
+    stats = {"min": 1, "mean": 2.0, "median": 2.0, "p95": 3, "max": 3}
+    dataset = DataCard(
+        source="notes.jsonl",
+        fingerprint="f" * 64,
+        records=480,
+        kinds={"qa": 300, "summary": 180},
+        groups=None,
+        chars=stats,
+        turns=stats,
+        exact_duplicate_groups=0,
+        near_duplicate_pairs=0,
+        skipped=0,
     )
+    with_card = RunRecord(data_card=RunDataCard(dataset=dataset, phi={"NAME": 2}))
+    card = model_card(training=with_card, parity=parity, **common)
     assert "## Training data" in card
-    assert "- records: 480" in card and '"summary": 180' in card
+    assert "- records: 480" in card and '"summary": 180' in card and '- phi: {"NAME": 2}' in card
     assert "Not a medical device" in card and card.startswith("---\nlicense: mit")
