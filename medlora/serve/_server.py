@@ -240,7 +240,9 @@ def create_gguf_app(model: str | Path, config: ServeConfig | None = None) -> ASG
     from medlora.serve._openai import openai_app
 
     alias = config.alias_for(model)
-    llm = open_gguf(model, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    # logits_all: every position's logits, for requests that ask for logprobs (as
+    # llama-cpp-python's own server loads its models)
+    llm = open_gguf(model, n_ctx=config.n_ctx, n_threads=config.n_threads, logits_all=True)
     app = openai_app(llm, alias=alias, api_key=config.api_key)
     return RequestValidator(
         app=app, models=(alias,), max_tokens=config.n_ctx, api_key=config.api_key

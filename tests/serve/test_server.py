@@ -241,3 +241,16 @@ def test_the_served_model_keeps_its_weights_in_plain_buffers(exported: Any) -> N
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["role"] == "assistant"
         assert client.post("/v1/completions", json={"prompt": "Asthma"}).status_code == 200
+
+
+def test_a_client_leaving_mid_stream_frees_the_model_for_the_next(server: Server) -> None:
+    body = json.dumps({**CHAT, "max_tokens": 64, "stream": True}).encode()
+    request = urllib.request.Request(
+        f"{server.url}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.readline().startswith(b"data: ")  # then hang up mid-stream
+    status, reply = http("POST", f"{server.url}/v1/chat/completions", {**CHAT, "max_tokens": 2})
+    assert status == 200, reply
