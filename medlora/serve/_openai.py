@@ -63,13 +63,14 @@ def openai_app(llm: Any, *, alias: str, api_key: str | None = None) -> FastAPI:
         card = {"id": alias, "object": "model", "owned_by": "me", "permissions": []}
         return {"object": "list", "data": [card]}
 
-    @router.post("/v1/completions", response_model=None)
+    # llama-cpp-python's response types: pydantic turns numpy floats (logprobs) into JSON
+    @router.post("/v1/completions", response_model=llama_cpp.CreateCompletionResponse | str)
     async def completions(body: CreateCompletionRequest) -> Any:
         if isinstance(body.prompt, list):
             body.prompt = body.prompt[0] if body.prompt else ""
         return await answer(llm.create_completion, body)
 
-    @router.post("/v1/chat/completions", response_model=None)
+    @router.post("/v1/chat/completions", response_model=llama_cpp.ChatCompletion | str)
     async def chat_completions(body: CreateChatCompletionRequest) -> Any:
         return await answer(llm.create_chat_completion, body)
 

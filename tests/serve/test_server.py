@@ -241,6 +241,10 @@ def test_the_served_model_keeps_its_weights_in_plain_buffers(exported: Any) -> N
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["role"] == "assistant"
         assert client.post("/v1/completions", json={"prompt": "Asthma"}).status_code == 200
+        # logprobs need every position's logits, which the served model keeps
+        scored = client.post("/v1/completions", json={"prompt": "Asthma", "logprobs": 2})
+        assert scored.status_code == 200, scored.text
+        assert len(scored.json()["choices"][0]["logprobs"]["top_logprobs"][0]) == 2
 
 
 def test_a_client_leaving_mid_stream_frees_the_model_for_the_next(server: Server) -> None:
