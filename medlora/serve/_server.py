@@ -59,7 +59,8 @@ class ServeConfig(ConfigBase):
     n_ctx: int = attrs.field(default=2048, validator=[integer, positive])
     """Context length in tokens (prompt + completion)."""
     n_threads: int | None = None
-    """CPU threads for llama.cpp (default: its own choice)."""
+    """CPU threads for llama.cpp, for generation and prompt processing alike (default:
+    llama-cpp-python's choice, half the CPUs and all of them)."""
 
     def alias_for(self, model: Path) -> str:
         """The model id served for ``model``."""
