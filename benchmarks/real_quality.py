@@ -74,6 +74,7 @@ class Settings:
     mc_records: int = 200  # synthetic multiple-choice records generated (30% of patients held out)
     mc_train: int = 120
     mc_eval: int = 32
+    option_orders: int = 4  # each question under 4 rotations of its options (letter bias off)
     safety_train: int = 48
     safety_eval: int = 24
     aci_train: int | None = None  # None: every training encounter
@@ -366,7 +367,11 @@ def evaluate(
                 batch_size=s.batch_size,
             ),
         ),
-        ("multiple_choice", data.choices, EvalConfig(tasks="multiple_choice")),
+        (
+            "multiple_choice",
+            data.choices,
+            EvalConfig(tasks="multiple_choice", option_orders=s.option_orders),
+        ),
         (
             "refusal",
             data.requests,

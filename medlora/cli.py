@@ -166,6 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
         max_records=args.max_records,
         max_generation_records=args.max_generation_records,
         max_new_tokens=args.max_new_tokens,
+        option_orders=args.option_orders,
     )
     out = Path(args.out) if args.out else export_dir / "eval"
     report = compare_models(models, dataset, out, config)
@@ -314,6 +315,13 @@ def _add_eval(sub: Any) -> None:
     evaluate.add_argument("--max-records", type=int, help="records per task (default all)")
     evaluate.add_argument("--max-generation-records", type=int, default=8)
     evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument(
+        "--option-orders",
+        type=int,
+        default=1,
+        help="score multiple choice under this many rotations of the options (a letter "
+        "preference then counts for every option alike); also reports acc in every order",
+    )
     evaluate.add_argument("--no-base", action="store_true", help="skip the base model")
     evaluate.set_defaults(func=_eval)
 

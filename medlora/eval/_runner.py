@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +38,8 @@ METRICS = {
     "perplexity": "perplexity (lower is better)",
     "mc_acc": "multiple-choice acc",
     "mc_acc_norm": "multiple-choice acc_norm",
+    "mc_acc_as_given": "multiple-choice acc, options as given",
+    "mc_acc_circular": "multiple-choice acc, every option order",
     "pubmedqa_acc": "PubMedQA acc",
     "rouge_l": "ROUGE-L F1",
     "exact_match": "exact match",
@@ -85,6 +87,15 @@ class EvalConfig(ConfigBase):
     batch_size: int = attrs.field(default=8, validator=[integer, positive])
     """Conversations generated together, and multiple-choice questions scored together (all
     their options in one padded forward), where the backend batches (Hugging Face models)."""
+    option_orders: int = attrs.field(default=1, validator=[integer, positive])
+    """Score each multiple-choice question under this many rotations of its options (letters
+    stay, texts move; capped at the number of options) and pick the option with the best mean
+    log-likelihood over them. A preference for one letter then counts for every option alike,
+    instead of for whichever text happens to sit there (the permutation debiasing of Zheng et
+    al., ICLR 2024, "Large Language Models Are Not Robust Multiple Choice Selectors"). Above 1
+    it also reports ``mc_acc_circular``: questions answered right in every order (MMBench's
+    CircularEval), and ``mc_acc_as_given``: acc in the records' own order alone. Costs that
+    many times the scoring."""
 
 
 def _cap(items: Sequence[Any], limit: int | None) -> list[Any]:
@@ -107,27 +118,71 @@ def _perplexity(model: Any, dataset: ClinicalDataset, limit: int | None) -> tupl
 
 
 def _choices(
-    model: Any, items: Sequence[ChoiceItem], style: str, batch_size: int
+    model: Any, items: Sequence[ChoiceItem], style: str, batch_size: int, orders: int = 1
 ) -> dict[str, float]:
+    """Accuracy over ``items``; with ``orders`` > 1 each question is scored under that many
+    rotations of its options and an option's score is its mean over them (see
+    :attr:`EvalConfig.option_orders`)."""
     hits: dict[str, list[float]] = {"mc_acc": [], "mc_acc_norm": [], "pubmedqa_acc": []}
+    if orders > 1:
+        hits.update(mc_acc_circular=[], mc_acc_as_given=[])
+    views = [[item.rotated(r) for r in range(_orders(item, orders))] for item in items]
+    flat = [view for item_views in views for view in item_views]
     requests = [
         (
-            model.render(item.chat_messages(), generation_prompt=True)
+            model.render(view.chat_messages(), generation_prompt=True)
             if style == "chat"
-            else item.plain_prompt(),
-            item.continuations(style),
+            else view.plain_prompt(),
+            view.continuations(style),
         )
-        for item in items
+        for view in flat
     ]
-    all_scores = score_requests(model, requests, batch_size=batch_size)
-    for item, (_, continuations), scores in zip(items, requests, all_scores, strict=True):
-        raw, norm = choose(scores, continuations)
+    scores = iter(score_requests(model, requests, batch_size=batch_size))
+    lengths = iter([len(c) for c in continuations] for _, continuations in requests)
+    for item, item_views in zip(items, views, strict=True):
+        picks = _rotated_picks(item, item_views, scores, lengths)
         if item.task == "pubmedqa":
-            hits["pubmedqa_acc"].append(float(raw == item.answer))
-        else:
-            hits["mc_acc"].append(float(raw == item.answer))
-            hits["mc_acc_norm"].append(float(norm == item.answer))
+            hits["pubmedqa_acc"].append(picks["mc_acc"])
+            continue
+        for key, hit in picks.items():
+            if key in hits:
+                hits[key].append(hit)
     return {k: sum(v) / len(v) for k, v in hits.items() if v}
+
+
+def _orders(item: ChoiceItem, orders: int) -> int:
+    """How many option orders ``item`` is scored in (PubMedQA's are not shown: one)."""
+    return 1 if item.task == "pubmedqa" else min(orders, len(item.options))
+
+
+def _rotated_picks(
+    item: ChoiceItem,
+    views: Sequence[ChoiceItem],
+    scores: Iterator[list[float]],
+    lengths: Iterator[list[int]],
+) -> dict[str, float]:
+    """Hits (1.0 or 0.0) of ``item`` over its rotations ``views``: the picks by mean
+    log-likelihood (``mc_acc``) and mean per-character log-likelihood (``mc_acc_norm``) of each
+    option, every rotation's own pick right (``mc_acc_circular``), the first order's pick right
+    (``mc_acc_as_given``). Option ``j`` of ``item`` sits at position ``(j + r) % n`` of
+    rotation ``r``."""
+    n = len(item.options)
+    total = [0.0] * n
+    total_norm = [0.0] * n
+    right = []
+    for shift, view in enumerate(views):
+        score, length = next(scores), next(lengths)
+        right.append(choose(score, [c for c, _ in view.options])[0] == view.answer)
+        for j in range(n):
+            at = (j + shift) % n
+            total[j] += score[at]
+            total_norm[j] += score[at] / max(1, length[at])
+    return {
+        "mc_acc": float(max(range(n), key=lambda j: total[j]) == item.answer),
+        "mc_acc_norm": float(max(range(n), key=lambda j: total_norm[j]) == item.answer),
+        "mc_acc_circular": float(all(right)),
+        "mc_acc_as_given": float(right[0]),
+    }
 
 
 def _replies(
@@ -191,7 +246,9 @@ def evaluate_model(
     if "multiple_choice" in config.tasks:
         items = _cap(choice_items(dataset.records), config.max_records)
         items += _cap(choice_items(extra_choice_records), config.max_records)
-        out.update(_choices(model, items, config.prompt_style, config.batch_size))
+        out.update(
+            _choices(model, items, config.prompt_style, config.batch_size, config.option_orders)
+        )
         out["mc_n"] = sum(i.task == "multiple_choice" for i in items)
         out["pubmedqa_n"] = sum(i.task == "pubmedqa" for i in items)
     if "generation" in config.tasks:

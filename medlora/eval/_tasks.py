@@ -50,6 +50,52 @@ class ChoiceItem:
             return [dict(m) for m in self.messages]
         return [{"role": "user", "content": self.plain_prompt()}]
 
+    def rotated(self, shift: int) -> ChoiceItem:
+        """The same question with the option texts moved ``shift`` places down the letters.
+
+        The letters stay in place and the texts move (``A. x, B. y, C. z`` shifted by 1 is
+        ``A. z, B. x, C. y``), in the prompt as well: the ``A. text`` lines of the record's own
+        prompt are rewritten. PubMedQA's options are not shown in its prompt, so it does not
+        change.
+
+        Raises:
+            DatasetError: The record's prompt does not show its options as one block of
+                ``A. text`` lines, so they cannot be moved.
+        """
+        n = len(self.options)
+        shift %= n
+        if shift == 0 or self.task == "pubmedqa":
+            return self
+        texts = [text for _, text in self.options]
+        moved = tuple(
+            (letter, texts[(i - shift) % n]) for i, (letter, _) in enumerate(self.options)
+        )
+        return attrs.evolve(
+            self,
+            options=moved,
+            answer=(self.answer + shift) % n,
+            messages=self._moved_messages(moved),
+        )
+
+    def _moved_messages(self, moved: Sequence[tuple[str, str]]) -> tuple[Mapping[str, str], ...]:
+        if not self.messages:
+            return ()
+        shown = "\n".join(f"{k}. {v}" for k, v in self.options)
+        last = self.messages[-1]
+        if last.get("role") != "user" or last.get("content", "").count(shown) != 1:
+            raise DatasetError(
+                [
+                    DatasetProblem(
+                        f"record {self.id!r}: the prompt does not show the options once as "
+                        "'A. text' lines, so they cannot be reordered; score it with "
+                        "option_orders=1",
+                        field="options",
+                    )
+                ]
+            )
+        content = last["content"].replace(shown, "\n".join(f"{k}. {v}" for k, v in moved))
+        return (*self.messages[:-1], {**last, "content": content})
+
     def continuations(self, style: str) -> list[str]:
         """What is scored for each option: ``" " + text`` (plain) or the trained reply form."""
         if self.task == "pubmedqa":  # chat: the trained reply ends "Answer: yes"
