@@ -15,7 +15,7 @@ from medlora._errors import (
     PHIDetectedError,
     TrainingError,
 )
-from medlora.data import ClinicalDataset, ClinicalRecord, DataConfig
+from medlora.data import ArrowDataset, ClinicalDataset, ClinicalRecord, DataConfig
 from medlora.export import AdapterExporter, ExportConfig, ExportResult
 from medlora.serve import LoadedModel, load
 from medlora.training import (
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterExporter",
+    "ArrowDataset",
     "ClinicalDataset",
     "ClinicalRecord",
     "ConfigError",
