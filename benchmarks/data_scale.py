@@ -99,9 +99,9 @@ def child(backend: str, data: Path, tokenizer_dir: Path, cache: Path, max_len: i
                 "records": len(records),
                 "examples": prepared.packing.examples,
                 "rows": rows,
-                "validate_s": round(t1 - t0, 1),
-                "prepare_s": round(t2 - t1, 1),
-                "wall_s": round(t2 - t0, 1),
+                "validate_s": round(t1 - t0, 2),
+                "prepare_s": round(t2 - t1, 2),
+                "wall_s": round(t2 - t0, 2),
                 "peak_rss_mb": round(usage.ru_maxrss * scale / 2**20),
             }
         )
@@ -119,9 +119,10 @@ def run_child(backend: str, data: Path, tokenizer_dir: Path, workdir: Path, max_
     if done.returncode != 0:
         raise SystemExit(f"{backend} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["file_mb"] = round(data.stat().st_size / 1e6)
-    result["mb_per_s"] = round(data.stat().st_size / 1e6 / result["wall_s"], 2)
-    result["records_per_s"] = round(result["records"] / result["wall_s"])
+    wall = max(result["wall_s"], 0.01)
+    result["file_mb"] = round(data.stat().st_size / 1e6, 1)
+    result["mb_per_s"] = round(data.stat().st_size / 1e6 / wall, 2)
+    result["records_per_s"] = round(result["records"] / wall)
     result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return result
 

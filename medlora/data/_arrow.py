@@ -26,11 +26,19 @@ import attrs
 from medlora._errors import ConfigError, DatasetError, DatasetProblem
 from medlora._io import atomic_path, write_json
 from medlora._optional import require
-from medlora.data._dataset import ClinicalDataset, held_keys, phi_error, relocate, split_key
+from medlora.data._dataset import (
+    ClinicalDataset,
+    held_keys,
+    phi_error,
+    prompt_text,
+    relocate,
+    split_key,
+)
 from medlora.data._formats import iter_jsonl, jsonl_line
 from medlora.data._hygiene import (
     DataCard,
     DedupReport,
+    NearIndex,
     conversation_text,
     exact_key,
     length_stats,
@@ -463,6 +471,29 @@ class ArrowDataset:
         part._write_meta()
         return part, _in_memory(held, self.source, ())
 
+    def head(self, n: int) -> ClinicalDataset:
+        """The first ``n`` records in memory (e.g. calibration text for an export)."""
+        out: list[ClinicalRecord] = []
+        for batch in read_batches(self.path):
+            out.extend(batch_records(batch.slice(0, n - len(out))))
+            if len(out) >= n:
+                break
+        return _in_memory(out, self.source, ())
+
+    def contamination(
+        self, other: ClinicalDataset, *, threshold: float = 0.8
+    ) -> list[tuple[str, str, float]]:
+        """``ClinicalDataset.contamination``: records of ``other`` whose prompt (nearly)
+        repeats one of these, ``(our id, their id, jaccard)``; ``other`` is indexed in memory
+        and these records are read one batch at a time."""
+        index = NearIndex([prompt_text(r) for r in other.records])
+        out = []
+        for batch in read_batches(self.path):
+            mine = batch_records(batch)
+            pairs = index.matches([prompt_text(r) for r in mine], threshold=threshold)
+            out += [(mine[i].id, other.records[j].id, s) for i, j, s in pairs]
+        return out
+
     def describe(self) -> DataCard:
         """The data card of ``ClinicalDataset.describe``, computed in one pass; near
         duplicates are not searched on disk (``near_duplicate_pairs`` is ``None``)."""
@@ -538,7 +569,7 @@ class ArrowDataset:
             finally:
                 examples.unlink(missing_ok=True)
         rows = counts[0] if packing is None else packing.bins
-        found = {"rows": rows, "examples": counts[0], "truncated": counts[1]}
+        found: dict[str, Any] = {"rows": rows, "examples": counts[0], "truncated": counts[1]}
         found |= {"dropped": counts[2], "packed": pack, "cache_key": key}
         found["packing"] = None if packing is None else attrs.asdict(packing)
         write_json(meta, found)

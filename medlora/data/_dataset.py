@@ -385,8 +385,8 @@ class ClinicalDataset:
         """Records of ``other`` (e.g. evaluation data) that (nearly) repeat one of these:
         ``(our id, their id, jaccard)``; the user turns are compared, so a prompt seen in
         training is caught even when the answer differs."""
-        mine = [_prompt_text(r) for r in self.records]
-        theirs = [_prompt_text(r) for r in other.records]
+        mine = [prompt_text(r) for r in self.records]
+        theirs = [prompt_text(r) for r in other.records]
         pairs = near_duplicates(mine, others=theirs, threshold=threshold)
         return [(self.records[i].id, other.records[j].id, s) for i, j, s in pairs]
 
@@ -481,7 +481,8 @@ def phi_error(
     return PHIDetectedError(problems, hint="De-identify first: deidentify(mode='redact').")
 
 
-def _prompt_text(record: ClinicalRecord) -> str:
+def prompt_text(record: ClinicalRecord) -> str:
+    """What a contamination check compares: the non-assistant turns."""
     return (
         "\n".join(m["content"] for m in record.messages if m["role"] != "assistant")
         or (record.messages[-1]["content"])

@@ -83,28 +83,44 @@ def near_duplicates(
     With ``others`` the pairs are ``texts[i]`` against ``others[j]`` (a contamination check);
     otherwise within ``texts``, ``i < j``.
     """
-    left = [_shingles(t) for t in texts]
-    right = left if others is None else [_shingles(t) for t in others]
-    rows = _PERMUTATIONS // _BANDS
-    buckets: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
-    for j, sh in enumerate(right):
-        sig = _minhash(sh)
-        for band in range(_BANDS):
-            buckets[(band, sig[band * rows : (band + 1) * rows])].append(j)
-    pairs: set[tuple[int, int]] = set()
-    for i, sh in enumerate(left):
-        sig = _minhash(sh)
-        for band in range(_BANDS):
-            for j in buckets.get((band, sig[band * rows : (band + 1) * rows]), ()):
-                if others is None and j <= i:
-                    continue
-                pairs.add((i, j))
-    out = []
-    for i, j in sorted(pairs):
-        score = jaccard(left[i], right[j])
-        if score >= threshold:
-            out.append((i, j, round(score, 4)))
-    return out
+    if others is None:
+        return NearIndex(texts).matches(texts, threshold=threshold, same=True)
+    return NearIndex(others).matches(texts, threshold=threshold)
+
+
+class NearIndex:
+    """MinHash LSH buckets of some texts, queried with other texts batch by batch."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.shingles = [_shingles(t) for t in texts]
+        self.buckets: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
+        rows = _PERMUTATIONS // _BANDS
+        for j, sh in enumerate(self.shingles):
+            sig = _minhash(sh)
+            for band in range(_BANDS):
+                self.buckets[(band, sig[band * rows : (band + 1) * rows])].append(j)
+
+    def matches(
+        self, texts: Sequence[str], *, threshold: float, same: bool = False
+    ) -> list[tuple[int, int, float]]:
+        """``(i, j, jaccard)`` of ``texts[i]`` against indexed text ``j`` at or above
+        ``threshold``, in order (``same``: ``texts`` are the indexed ones; only ``i < j``)."""
+        left = self.shingles if same else [_shingles(t) for t in texts]
+        rows = _PERMUTATIONS // _BANDS
+        pairs: set[tuple[int, int]] = set()
+        for i, sh in enumerate(left):
+            sig = _minhash(sh)
+            for band in range(_BANDS):
+                for j in self.buckets.get((band, sig[band * rows : (band + 1) * rows]), ()):
+                    if same and j <= i:
+                        continue
+                    pairs.add((i, j))
+        out = []
+        for i, j in sorted(pairs):
+            score = jaccard(left[i], self.shingles[j])
+            if score >= threshold:
+                out.append((i, j, round(score, 4)))
+        return out
 
 
 def length_stats(values: Sequence[int]) -> dict[str, float]:
