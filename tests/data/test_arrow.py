@@ -215,3 +215,11 @@ def test_contamination_matches_the_in_memory_check(notes: Path, tmp_path: Path) 
     memory = ClinicalDataset.from_jsonl(notes).contamination(held)
     arrow = _load(notes, tmp_path / "c").contamination(held)
     assert arrow == memory and ("r5", "seen", 1.0) in arrow
+
+
+def test_head_reads_only_the_first_records(notes: Path, tmp_path: Path) -> None:
+    arrow = _load(notes, tmp_path / "c")
+    memory = ClinicalDataset.from_jsonl(notes)
+    first = arrow.head(5)
+    assert first.records == memory.records[:5] and first.report.source == str(notes)
+    assert arrow.head(100).records == memory.records  # fewer records than asked for
