@@ -181,7 +181,8 @@ def _key(settings: Mapping[str, Any]) -> str:
 def _progress(total: int | None, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="rec", disable=not enabled, leave=False)
+    off = {} if enabled else {"disable": True}  # enabled: TQDM_DISABLE=1 still silences it
+    return tqdm(total=total, desc=desc, unit="rec", leave=False, **off)
 
 
 def default_cache_dir() -> Path:

@@ -202,8 +202,9 @@ class DataConfig(ConfigBase):
         }
         return readers[fmt](path, **options)
 
-    def load(self) -> LoadedData:
-        """Read, validate, de-identify and deduplicate the records (and the ``eval`` file).
+    def load(self, *, progress: bool = True) -> LoadedData:
+        """Read, validate, de-identify and deduplicate the records (and the ``eval`` file);
+        ``progress``: progress bars of the Arrow backend.
 
         Raises:
             DatasetError: Bad records, each named by file, line (or index, row) and field.
@@ -211,7 +212,7 @@ class DataConfig(ConfigBase):
         """
         records: ClinicalDataset | ArrowDataset
         if self.uses_arrow():
-            records = self._stream()
+            records = self._stream(progress)
             phi, dedup = records.phi, records.dedup
         else:
             records, phi, dedup = self._clean(self.read())
@@ -223,7 +224,7 @@ class DataConfig(ConfigBase):
             records=records, eval_records=held, phi=phi, eval_phi=held_phi, dedup=dedup
         )
 
-    def _stream(self) -> ArrowDataset:
+    def _stream(self, progress: bool) -> ArrowDataset:
         """The records file through Arrow (see :class:`~medlora.ArrowDataset`)."""
         if self.path is None:  # pragma: no cover - uses_arrow() needs a path
             raise ConfigError("backend = 'arrow' needs a path", field="path")
@@ -233,6 +234,7 @@ class DataConfig(ConfigBase):
             phi=self.phi,
             phi_detector=self._detector(),
             dedup=self.dedup,
+            progress=progress,
             **self._options(),
         )
 

@@ -169,9 +169,9 @@ def describe_split(
     )
 
 
-def run_data(config: TrainingConfig) -> RunData:
+def run_data(config: TrainingConfig, *, progress: bool = True) -> RunData:
     """Load, check and split the records of ``config`` (no model involved)."""
-    loaded = run_data_config(config).load()
+    loaded = run_data_config(config).load(progress=progress)
     recipe: Recipe = "file"
     train: ClinicalDataset | ArrowDataset = loaded.records
     held = loaded.eval_records

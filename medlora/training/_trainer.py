@@ -121,9 +121,10 @@ class QLoRATrainer:
         warn_old_attribute("QLoRATrainer.dataset", "QLoRATrainer.train_dataset")
         return self.train_dataset
 
-    def check_data(self) -> RunData:
+    def check_data(self, *, progress: bool = True) -> RunData:
         """Load, validate and split the records, before any model loads (kept for
         :meth:`train`); ``RunData.report()`` is the data report ``medlora train`` prints.
+        ``progress``: the Arrow backend's progress bars (``train(progress=False)`` hides them).
 
         Raises:
             DatasetError: Bad records, each named by file, line and field.
@@ -132,9 +133,11 @@ class QLoRATrainer:
             return self._data
         cfg = self.config
         if self.train_dataset is None and self.eval_dataset is None:
-            self._data = run_data(cfg)
+            self._data = run_data(cfg, progress=progress)
             return self._data
-        loaded = None if self.train_dataset is not None else run_data_config(cfg).load()
+        loaded = (
+            None if self.train_dataset is not None else run_data_config(cfg).load(progress=progress)
+        )
         train: ClinicalDataset | ArrowDataset | None = (
             self.train_dataset if loaded is None else loaded.records
         )
@@ -160,7 +163,7 @@ class QLoRATrainer:
         return prepared
 
     def _train_items(
-        self, dataset: ClinicalDataset | ArrowDataset, run_dir: Path
+        self, dataset: ClinicalDataset | ArrowDataset, run_dir: Path, *, progress: bool = True
     ) -> tuple[Sequence[Any], Callable[[list[Any]], dict[str, Any]]]:
         """Training items (examples, or packed rows of them) and the function batching them;
         from the Arrow backend, rows read from disk as they are drawn."""
@@ -172,6 +175,7 @@ class QLoRATrainer:
                 max_seq_len=cfg.max_seq_len,
                 pack=cfg.packing,
                 cache_dir=run_dir / "data-cache",
+                progress=progress,
             )
             if not on_disk.examples:
                 raise DatasetError(NO_EXAMPLES)
@@ -342,7 +346,9 @@ class QLoRATrainer:
 
     def _train(self, *, progress: bool, resume: bool | None) -> TrainingResult:
         """Set up, step until ``max_steps`` (or early stopping), then finish."""
-        run = self._begin(resume=self.config.resume if resume is None else resume)
+        run = self._begin(
+            resume=self.config.resume if resume is None else resume, progress=progress
+        )
         self._open_logs(run, progress=progress)
         try:
             with oom_as_error():
@@ -357,7 +363,7 @@ class QLoRATrainer:
         self._flush(run)
         return self._finish(run)
 
-    def _begin(self, *, resume: bool) -> Run:
+    def _begin(self, *, resume: bool, progress: bool = True) -> Run:
         """Check the data, load the model, start the run, and resume it (or measure the base
         model's held-out loss)."""
         import torch
@@ -365,7 +371,7 @@ class QLoRATrainer:
 
         started = time.perf_counter()
         cfg = self.config
-        data = self.check_data()  # bad records fail here, before any model loads
+        data = self.check_data(progress=progress)  # bad records fail here, before the model
         acc = Accelerator(cpu=not torch.cuda.is_available())  # gloo DDP on CPU-only machines
         run_dir = Path(cfg.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +381,7 @@ class QLoRATrainer:
         acc.wait_for_everyone()
         if self.model is None:
             self.setup(device=acc.device)
-        train_items, collate_fn = self._train_items(data.train, run_dir)
+        train_items, collate_fn = self._train_items(data.train, run_dir, progress=progress)
         held = data.held_out
         eval_examples = (
             list(self._prepare(held, run_dir, pack=False).examples)

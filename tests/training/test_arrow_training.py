@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_arrow_and_memory_backends_train_the_same_losses(
-    tmp_path: Path, random_model_dir: Path, small_run: SmallRun, packing: bool
+    tmp_path: Path,
+    random_model_dir: Path,
+    small_run: SmallRun,
+    packing: bool,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     rows = [{**r, "id": f"s{i}", "pid": f"P{i % 6}"} for i, r in enumerate(small_run.records(24))]
     path = tmp_path / "chats.jsonl"
@@ -36,6 +40,8 @@ def test_arrow_and_memory_backends_train_the_same_losses(
             data=data,
         )
         results[backend] = QLoRATrainer(config).train(progress=False)
+    bars = capfd.readouterr().err
+    assert "validate" not in bars and "tokenize" not in bars  # train(progress=False)
     memory, arrow = results["memory"], results["arrow"]
     assert arrow.train_losses == memory.train_losses
     assert arrow.final_eval_loss == memory.final_eval_loss
