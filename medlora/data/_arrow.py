@@ -181,8 +181,9 @@ def _key(settings: Mapping[str, Any]) -> str:
 def _progress(total: int | None, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    off = {} if enabled else {"disable": True}  # enabled: TQDM_DISABLE=1 still silences it
-    return tqdm(total=total, desc=desc, unit="rec", leave=False, **off)
+    if not enabled:
+        return tqdm(total=total, desc=desc, disable=True)
+    return tqdm(total=total, desc=desc, unit="rec", leave=False)  # TQDM_DISABLE=1 silences it
 
 
 def default_cache_dir() -> Path:
