@@ -15,7 +15,7 @@ from medlora._errors import (
     PHIDetectedError,
     TrainingError,
 )
-from medlora.data import ClinicalDataset, ClinicalRecord, DataCard, DataConfig
+from medlora.data import ArrowDataset, ClinicalDataset, ClinicalRecord, DataCard, DataConfig
 from medlora.export import AdapterExporter, ExportConfig, ExportResult
 from medlora.serve import LoadedModel, load
 from medlora.training import (
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterExporter",
+    "ArrowDataset",
     "ClinicalDataset",
     "ClinicalRecord",
     "ConfigError",

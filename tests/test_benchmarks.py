@@ -55,6 +55,18 @@ def _run(script: str, *args: str, timeout: int = 600) -> str:
     return done.stdout
 
 
+def test_data_scale_smoke(tmp_path: Path) -> None:
+    """300 kB of records through both backends, each in its own child process: the same
+    records and packed rows, and a peak RSS for each."""
+    out = _run("data_scale", "--smoke", "--workdir", str(tmp_path))
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["backend"] for r in rows] == ["arrow", "memory"]
+    arrow, memory = rows
+    assert arrow["records"] == memory["records"] > 100 and arrow["rows"] == memory["rows"]
+    assert all(r["peak_rss_mb"] > 0 and r["wall_s"] >= 0 for r in rows)
+    assert not list(tmp_path.glob("*.jsonl"))  # generated data is removed
+
+
 @pytest.mark.slow  # ~15 s on 2 shared cores
 def test_data_prep_smoke() -> None:
     """200 records through medlora's and TRL's preparation; both lines and the ratio print."""

@@ -1,5 +1,6 @@
 """Records in, training examples out: loading, validation, templating, tokenization."""
 
+from medlora.data._arrow import ArrowDataset, ArrowPrepared, ArrowRows
 from medlora.data._chat import reply_end_token, stop_token_ids, stop_tokens
 from medlora.data._collate import collate
 from medlora.data._config import DataConfig, LoadedData, data_config
@@ -33,6 +34,9 @@ from medlora.data._validate import (
 )
 
 __all__ = [
+    "ArrowDataset",
+    "ArrowPrepared",
+    "ArrowRows",
     "ClinicalDataset",
     "ClinicalRecord",
     "DataCard",

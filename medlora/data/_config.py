@@ -15,6 +15,7 @@ import attrs
 
 from medlora._config import ConfigBase, in_range, one_of
 from medlora._errors import ConfigError
+from medlora.data._arrow import ArrowDataset
 from medlora.data._dataset import ClinicalDataset
 from medlora.data._hygiene import DataCard, DedupReport
 from medlora.data._phi import PHIDetector, PHIReport
@@ -112,6 +113,19 @@ class DataConfig(ConfigBase):
     """Remove duplicate records (``exact``; ``near`` also near duplicates), keeping the first."""
     near_threshold: float = attrs.field(default=0.8, converter=float, validator=in_range(0.5, 1.0))
     """Word 5-gram Jaccard similarity from which two records count as near duplicates."""
+    backend: Literal["auto", "memory", "arrow"] = attrs.field(
+        default="auto", validator=one_of("auto", "memory", "arrow")
+    )
+    """``memory``: records as Python objects (every format, near duplicates); ``arrow``: a
+    JSON Lines file streamed through Arrow files on disk (:class:`~medlora.ArrowDataset`), for
+    data larger than memory; ``auto``: ``arrow`` for a JSONL file above
+    :attr:`arrow_threshold_mb`."""
+    arrow_threshold_mb: float = attrs.field(
+        default=500.0, converter=float, validator=in_range(0.0, 1e7)
+    )
+    """File size in MB (10^6 bytes) from which ``backend: auto`` streams through Arrow."""
+    cache_dir: str | None = attrs.field(default=None, converter=_optional_str)
+    """Where the Arrow backend writes its files (default ``~/.cache/medlora/arrow``)."""
 
     def __attrs_post_init__(self) -> None:
         if self.path is not None:
@@ -127,11 +141,38 @@ class DataConfig(ConfigBase):
                 "between 0 and 0.5 (e.g. 0.1).",
                 field="eval",
             )
+        if self.backend == "arrow":
+            self._check_arrow()
         if self.eval is not None and not isinstance(self.eval, str | float):
             raise ConfigError(
                 f"eval = {self.eval!r} is invalid: give a file path or a fraction such as 0.1.",
                 field="eval",
             )
+
+    def _check_arrow(self) -> None:
+        if self.path is None or file_format(self.path, self.format) != "jsonl":
+            raise ConfigError(
+                f"backend = 'arrow' streams a JSON Lines file, but path = {self.path!r} is "
+                "not one; convert the records to .jsonl, or set backend: memory.",
+                field="backend",
+            )
+        if self.dedup == "near":
+            raise ConfigError(
+                "dedup = 'near' compares every pair of records in memory, which backend = "
+                "'arrow' avoids; use dedup: exact, or backend: memory.",
+                field="dedup",
+            )
+
+    def uses_arrow(self) -> bool:
+        """Whether :meth:`load` streams the records through Arrow (``backend``, or ``auto``
+        and a JSONL file above :attr:`arrow_threshold_mb` without ``dedup: near``)."""
+        if self.backend != "auto":
+            return self.backend == "arrow"
+        if self.path is None or self.dedup == "near":
+            return False
+        if file_format(self.path, self.format) != "jsonl" or not Path(self.path).is_file():
+            return False
+        return Path(self.path).stat().st_size > self.arrow_threshold_mb * 1e6
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -161,14 +202,20 @@ class DataConfig(ConfigBase):
         }
         return readers[fmt](path, **options)
 
-    def load(self) -> LoadedData:
-        """Read, validate, de-identify and deduplicate the records (and the ``eval`` file).
+    def load(self, *, progress: bool = True) -> LoadedData:
+        """Read, validate, de-identify and deduplicate the records (and the ``eval`` file);
+        ``progress``: progress bars of the Arrow backend.
 
         Raises:
             DatasetError: Bad records, each named by file, line (or index, row) and field.
             PHIDetectedError: ``phi: fail`` and identifiers were found.
         """
-        records, phi, dedup = self._clean(self.read())
+        records: ClinicalDataset | ArrowDataset
+        if self.uses_arrow():
+            records = self._stream(progress)
+            phi, dedup = records.phi, records.dedup
+        else:
+            records, phi, dedup = self._clean(self.read())
         held: ClinicalDataset | None = None
         held_phi: PHIReport | None = None
         if isinstance(self.eval, str):
@@ -177,12 +224,31 @@ class DataConfig(ConfigBase):
             records=records, eval_records=held, phi=phi, eval_phi=held_phi, dedup=dedup
         )
 
+    def _stream(self, progress: bool) -> ArrowDataset:
+        """The records file through Arrow (see :class:`~medlora.ArrowDataset`)."""
+        if self.path is None:  # pragma: no cover - uses_arrow() needs a path
+            raise ConfigError("backend = 'arrow' needs a path", field="path")
+        return ArrowDataset.from_jsonl(
+            self.path,
+            cache_dir=self.cache_dir,
+            phi=self.phi,
+            phi_detector=self._detector(),
+            dedup=self.dedup,
+            progress=progress,
+            **self._options(),
+        )
+
+    def _detector(self) -> PHIDetector | None:
+        if self.phi == "off":
+            return None
+        return PHIDetector(engine=self.phi_engine, spacy_model=self.phi_model)
+
     def _clean(
         self, dataset: ClinicalDataset, *, dedup: bool = True
     ) -> tuple[ClinicalDataset, PHIReport | None, DedupReport | None]:
         phi = None
+        detector = self._detector()
         if self.phi != "off":
-            detector = PHIDetector(engine=self.phi_engine, spacy_model=self.phi_model)
             dataset, phi = dataset.deidentify(mode=self.phi, detector=detector)
         removed = None
         if dedup and self.dedup != "off":
@@ -210,8 +276,9 @@ def data_config(value: Any) -> DataConfig | None:
 class LoadedData:
     """What :meth:`DataConfig.load` produced: the records and what was done to them."""
 
-    records: ClinicalDataset
-    """The records to train on (and to split, without an ``eval`` file)."""
+    records: ClinicalDataset | ArrowDataset
+    """The records to train on (and to split, without an ``eval`` file); on disk with the
+    Arrow backend."""
     eval_records: ClinicalDataset | None
     """The records of the ``eval`` file, when one is given."""
     phi: PHIReport | None
@@ -242,9 +309,14 @@ class LoadedData:
                 "duplicates"
             )
         else:
+            near = card.near_duplicate_pairs
+            found = (
+                "near duplicates not searched (arrow backend)"
+                if near is None
+                else f"{near} near-duplicate pairs found"
+            )
             lines.append(
-                f"  dedup     off; {card.exact_duplicate_groups} exact duplicate groups, "
-                f"{card.near_duplicate_pairs} near-duplicate pairs found"
+                f"  dedup     off; {card.exact_duplicate_groups} exact duplicate groups, {found}"
             )
         lines.append(f"  PHI       {_phi_line(self.phi)}")
         if self.eval_records is not None:

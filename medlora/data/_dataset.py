@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Unpack
@@ -45,6 +44,8 @@ from medlora.data._validate import (
     LoadOptions,
     LoadReport,
     OnError,
+    fingerprint_update,
+    settle_problems,
     validate_row,
 )
 
@@ -125,20 +126,10 @@ class ClinicalDataset:
                 problems.extend(record_problems)
             elif record is not None:
                 kept.append(record)
-        problems.sort(key=lambda p: -1 if p.record_index is None else p.record_index)
-        for problem in problems:
-            if problem.location is None and problem.record_index is not None:
-                problem.location = locate(problem.record_index)
-        if problems and options.on_error != "skip":
-            raise DatasetError(problems, hint="Fix these records, or pass on_error='skip'.")
-        if not kept:
-            raise DatasetError(
-                [DatasetProblem("no usable records", path=options.source), *problems],
-                hint="The file is empty or every record was skipped.",
-            )
+        skipped = settle_problems(problems, kept=len(kept), options=options, locate=locate)
         kinds = Counter(r.kind for r in kept)
         report = LoadReport(
-            source=options.source, kinds=dict(kinds), skipped=tuple(problems), locate=locate
+            source=options.source, kinds=dict(kinds), skipped=skipped, locate=locate
         )
         return cls(tuple(kept), report)
 
@@ -251,7 +242,7 @@ class ClinicalDataset:
         """SHA-256 over the training view of every record (stable across runs)."""
         digest = hashlib.sha256()
         for record in self.records:
-            digest.update(json.dumps([record.id, list(record.messages)], sort_keys=True).encode())
+            fingerprint_update(digest, record)
         return digest.hexdigest()
 
     # --- transforms --------------------------------------------------------------------------
@@ -272,13 +263,8 @@ class ClinicalDataset:
             grouped: Keep every record of one group (patient) on the same side, when records
                 have a group.
         """
-        if not 0 < test_size < 1:
-            raise DatasetError(f"test_size={test_size} must lie strictly between 0 and 1")
-        keys = [r.group if grouped and r.group is not None else r.id for r in self.records]
-        unique = sorted(set(keys))
-        random.Random(seed).shuffle(unique)
-        n_test = max(1, round(len(unique) * test_size))
-        held = set(unique[:n_test])
+        keys = [split_key(r, grouped=grouped) for r in self.records]
+        held = held_keys(keys, test_size=test_size, seed=seed)
         train = tuple(r for r, k in zip(self.records, keys, strict=True) if k not in held)
         test = tuple(r for r, k in zip(self.records, keys, strict=True) if k in held)
         return attrs.evolve(self, records=train), attrs.evolve(self, records=test)
@@ -361,13 +347,7 @@ class ClinicalDataset:
         try:
             yield
         except DatasetError as exc:
-            for problem in exc.problems:
-                at = problem.record_index
-                if at is None or not 0 <= at < len(self.records) or problem.location is not None:
-                    continue
-                problem.record_index = index = self.records[at].index
-                problem.path = problem.path or self.report.source
-                problem.location = None if index is None else self.report.locate(index)
+            relocate(exc, [r.index for r in self.records], self.report.source, self.report.locate)
             raise type(exc)(list(exc.problems), hint=exc.hint) from None
 
     # --- hygiene -----------------------------------------------------------------------------
@@ -405,8 +385,8 @@ class ClinicalDataset:
         """Records of ``other`` (e.g. evaluation data) that (nearly) repeat one of these:
         ``(our id, their id, jaccard)``; the user turns are compared, so a prompt seen in
         training is caught even when the answer differs."""
-        mine = [_prompt_text(r) for r in self.records]
-        theirs = [_prompt_text(r) for r in other.records]
+        mine = [prompt_text(r) for r in self.records]
+        theirs = [prompt_text(r) for r in other.records]
         pairs = near_duplicates(mine, others=theirs, threshold=threshold)
         return [(self.records[i].id, other.records[j].id, s) for i, j, s in pairs]
 
@@ -451,22 +431,58 @@ class ClinicalDataset:
         )
         if mode == "fail" and report.records:
             located = [self.records[i].index for i in report.records]
-            problems = [
-                DatasetProblem(
-                    f"contains PHI of kind {', '.join(report.kinds_by_record[i])}",
-                    path=self.report.source,
-                    record_index=at,
-                    location=None if at is None else self.report.locate(at),
-                )
-                for i, at in zip(report.records, located, strict=True)
-            ]
-            raise PHIDetectedError(problems, hint="De-identify first: deidentify(mode='redact').")
+            raise phi_error(report, located, self.report.source, self.report.locate)
         if mode != "redact":
             return self, report
         return attrs.evolve(self, records=tuple(redacted)), report
 
 
-def _prompt_text(record: ClinicalRecord) -> str:
+def split_key(record: ClinicalRecord, *, grouped: bool = True) -> str:
+    """What a split keeps together: the record's group (patient), else the record itself."""
+    return record.group if grouped and record.group is not None else record.id
+
+
+def held_keys(keys: Iterable[str], *, test_size: float, seed: int) -> set[str]:
+    """The split keys held out: a seeded shuffle of the distinct keys, the first
+    ``test_size`` of them (at least one)."""
+    if not 0 < test_size < 1:
+        raise DatasetError(f"test_size={test_size} must lie strictly between 0 and 1")
+    unique = sorted(set(keys))
+    random.Random(seed).shuffle(unique)
+    n_test = max(1, round(len(unique) * test_size))
+    return set(unique[:n_test])
+
+
+def relocate(exc: DatasetError, indices: Sequence[int | None], source: str, locate: Locate) -> None:
+    """Problems naming the n-th conversation name its file, record and line instead
+    (``indices[n]``: where that record was read)."""
+    for problem in exc.problems:
+        at = problem.record_index
+        if at is None or not 0 <= at < len(indices) or problem.location is not None:
+            continue
+        problem.record_index = index = indices[at]
+        problem.path = problem.path or source
+        problem.location = None if index is None else locate(index)
+
+
+def phi_error(
+    report: PHIReport, located: Sequence[int | None], source: str, locate: Locate
+) -> PHIDetectedError:
+    """The error of ``phi="fail"``: each record with PHI by file place and kinds (no text)."""
+    problems = [
+        DatasetProblem(
+            f"contains PHI of kind {', '.join(report.kinds_by_record[i])}",
+            path=source,
+            record_index=at,
+            location=None if at is None else locate(at),
+        )
+        for i, at in zip(report.records, located, strict=True)
+    ]
+    return PHIDetectedError(problems, hint="De-identify first: deidentify(mode='redact').")
+
+
+def prompt_text(record: ClinicalRecord) -> str:
+    """What a contamination check compares: the non-assistant turns."""
     return (
         "\n".join(m["content"] for m in record.messages if m["role"] != "assistant")
         or (record.messages[-1]["content"])

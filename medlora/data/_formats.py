@@ -33,9 +33,15 @@ def check_file(path: Path) -> None:
 
 def read_jsonl(path: Path) -> tuple[list[Row], list[DatasetProblem]]:
     """Rows keyed by 0-based line index, and a problem for each undecodable line."""
-    check_file(path)
     problems: list[DatasetProblem] = []
-    rows: list[Row] = []
+    rows = list(iter_jsonl(path, problems))
+    return rows, problems
+
+
+def iter_jsonl(path: Path, problems: list[DatasetProblem]) -> Iterator[Row]:
+    """Rows keyed by 0-based line index, read one line at a time; a problem for each
+    undecodable line is appended to ``problems``."""
+    check_file(path)
     with path.open("rb") as handle:
         for index, raw_line in enumerate(handle):
             try:
@@ -52,7 +58,7 @@ def read_jsonl(path: Path) -> tuple[list[Row], list[DatasetProblem]]:
             if not line.strip():
                 continue
             try:
-                rows.append((index, json.loads(line)))
+                yield index, json.loads(line)
             except json.JSONDecodeError as exc:
                 problems.append(
                     DatasetProblem(
@@ -61,7 +67,6 @@ def read_jsonl(path: Path) -> tuple[list[Row], list[DatasetProblem]]:
                         record_index=index,
                     )
                 )
-    return rows, problems
 
 
 def read_json(path: Path) -> list[Row]:

@@ -62,11 +62,16 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
+def exact_key(text: str) -> bytes:
+    """The 20-byte key under which exact duplicates meet: SHA-1 of the normalised text."""
+    return hashlib.sha1(normalise(text).encode()).digest()
+
+
 def exact_duplicates(texts: Sequence[str]) -> list[tuple[int, ...]]:
     """Groups (of two or more indices) whose normalised texts are identical."""
-    groups: dict[str, list[int]] = defaultdict(list)
+    groups: dict[bytes, list[int]] = defaultdict(list)
     for i, text in enumerate(texts):
-        groups[hashlib.sha1(normalise(text).encode()).hexdigest()].append(i)
+        groups[exact_key(text)].append(i)
     return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
@@ -78,31 +83,47 @@ def near_duplicates(
     With ``others`` the pairs are ``texts[i]`` against ``others[j]`` (a contamination check);
     otherwise within ``texts``, ``i < j``.
     """
-    left = [_shingles(t) for t in texts]
-    right = left if others is None else [_shingles(t) for t in others]
-    rows = _PERMUTATIONS // _BANDS
-    buckets: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
-    for j, sh in enumerate(right):
-        sig = _minhash(sh)
-        for band in range(_BANDS):
-            buckets[(band, sig[band * rows : (band + 1) * rows])].append(j)
-    pairs: set[tuple[int, int]] = set()
-    for i, sh in enumerate(left):
-        sig = _minhash(sh)
-        for band in range(_BANDS):
-            for j in buckets.get((band, sig[band * rows : (band + 1) * rows]), ()):
-                if others is None and j <= i:
-                    continue
-                pairs.add((i, j))
-    out = []
-    for i, j in sorted(pairs):
-        score = jaccard(left[i], right[j])
-        if score >= threshold:
-            out.append((i, j, round(score, 4)))
-    return out
+    if others is None:
+        return NearIndex(texts).matches(texts, threshold=threshold, same=True)
+    return NearIndex(others).matches(texts, threshold=threshold)
 
 
-def _length_stats(values: Sequence[int]) -> dict[str, float]:
+class NearIndex:
+    """MinHash LSH buckets of some texts, queried with other texts batch by batch."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.shingles = [_shingles(t) for t in texts]
+        self.buckets: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
+        rows = _PERMUTATIONS // _BANDS
+        for j, sh in enumerate(self.shingles):
+            sig = _minhash(sh)
+            for band in range(_BANDS):
+                self.buckets[(band, sig[band * rows : (band + 1) * rows])].append(j)
+
+    def matches(
+        self, texts: Sequence[str], *, threshold: float, same: bool = False
+    ) -> list[tuple[int, int, float]]:
+        """``(i, j, jaccard)`` of ``texts[i]`` against indexed text ``j`` at or above
+        ``threshold``, in order (``same``: ``texts`` are the indexed ones; only ``i < j``)."""
+        left = self.shingles if same else [_shingles(t) for t in texts]
+        rows = _PERMUTATIONS // _BANDS
+        pairs: set[tuple[int, int]] = set()
+        for i, sh in enumerate(left):
+            sig = _minhash(sh)
+            for band in range(_BANDS):
+                for j in self.buckets.get((band, sig[band * rows : (band + 1) * rows]), ()):
+                    if same and j <= i:
+                        continue
+                    pairs.add((i, j))
+        out = []
+        for i, j in sorted(pairs):
+            score = jaccard(left[i], self.shingles[j])
+            if score >= threshold:
+                out.append((i, j, round(score, 4)))
+        return out
+
+
+def length_stats(values: Sequence[int]) -> dict[str, float]:
     if not values:
         return {"min": 0, "mean": 0.0, "median": 0.0, "p95": 0, "max": 0}
     ordered = sorted(values)
@@ -135,8 +156,9 @@ class DataCard:
     """Statistics of messages per record."""
     exact_duplicate_groups: int
     """Groups of records with identical normalised text."""
-    near_duplicate_pairs: int
-    """Pairs above the near-duplicate threshold (not identical)."""
+    near_duplicate_pairs: int | None
+    """Pairs above the near-duplicate threshold (not identical); ``None``: not searched
+    (``ArrowDataset``, data on disk)."""
     skipped: int
     """Records dropped while loading with ``on_error="skip"``."""
 
@@ -160,10 +182,14 @@ class DataCard:
             f"| characters per record | median {self.chars['median']:g}, p95 {self.chars['p95']:g}"
             f", max {self.chars['max']:g} |",
             f"| exact duplicate groups | {self.exact_duplicate_groups} |",
-            f"| near-duplicate pairs | {self.near_duplicate_pairs} |",
+            f"| near-duplicate pairs | {_or_not_searched(self.near_duplicate_pairs)} |",
             f"| skipped while loading | {self.skipped} |",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _or_not_searched(count: int | None) -> str:
+    return "not searched" if count is None else str(count)
 
 
 @attrs.frozen(kw_only=True)
@@ -210,8 +236,8 @@ def build_card(
         records=len(texts),
         kinds=dict(sorted(Counter(kinds).items())),
         groups=len(distinct) if distinct else None,
-        chars=_length_stats([len(t) for t in texts]),
-        turns=_length_stats([len(m) for m in conversations]),
+        chars=length_stats([len(t) for t in texts]),
+        turns=length_stats([len(m) for m in conversations]),
         exact_duplicate_groups=len(exact_duplicates(texts)),
         near_duplicate_pairs=len(near_duplicates(texts, threshold=near_threshold)),
         skipped=skipped,

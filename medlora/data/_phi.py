@@ -18,7 +18,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -356,7 +356,7 @@ def pseudonym(group: str, key: bytes) -> str:
     return "group-" + hmac.new(key, group.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
-def group_key(records: Sequence[ClinicalRecord], key: str | bytes | None) -> bytes:
+def group_key(records: Iterable[ClinicalRecord], key: str | bytes | None) -> bytes:
     """The key for group pseudonyms: ``key``, else ``$MEDLORA_PHI_KEY``, else a digest of the
     raw records themselves (written nowhere, and the same each time the same file is loaded, so
     a run and its evaluation split the groups alike)."""

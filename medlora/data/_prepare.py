@@ -63,15 +63,19 @@ def tokenize_all(
     max_seq_len: int,
     assistant_only: bool,
     truncation: Truncation,
+    first_index: int = 0,
 ) -> tuple[list[TokenizedExample], int, int]:
-    """Examples kept, number truncated, number dropped."""
+    """Examples kept, number truncated, number dropped (problems name conversation
+    ``first_index + n``)."""
     if truncation not in ("right", "drop"):
         raise DatasetError(f"truncation={truncation!r} must be 'right' or 'drop'")
     kept: list[TokenizedExample] = []
     truncated = dropped = 0
     for at in range(0, len(conversations), _CHUNK):
         chunk = conversations[at : at + _CHUNK]
-        for ex in tokenize_from(tokenizer, chunk, max_seq_len, assistant_only, first_index=at):
+        for ex in tokenize_from(
+            tokenizer, chunk, max_seq_len, assistant_only, first_index=first_index + at
+        ):
             if ex.truncated and truncation == "drop":
                 dropped += 1
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict
 
@@ -92,6 +93,30 @@ class LoadReport:
         default=lambda index: f"record {index}", repr=False, eq=False
     )
     """Names a ``record_index`` the way the source counts (``line 3``, ``index 2``, ``row 5``)."""
+
+
+def settle_problems(
+    problems: list[DatasetProblem], *, kept: int, options: LoadOptions, locate: Callable[[int], str]
+) -> tuple[DatasetProblem, ...]:
+    """Name each problem's place the way the file counts (``locate``), in file order; raise
+    them all unless ``on_error="skip"``, or when no record is left. Returns those skipped."""
+    problems.sort(key=lambda p: -1 if p.record_index is None else p.record_index)
+    for problem in problems:
+        if problem.location is None and problem.record_index is not None:
+            problem.location = locate(problem.record_index)
+    if problems and options.on_error != "skip":
+        raise DatasetError(problems, hint="Fix these records, or pass on_error='skip'.")
+    if not kept:
+        raise DatasetError(
+            [DatasetProblem("no usable records", path=options.source), *problems],
+            hint="The file is empty or every record was skipped.",
+        )
+    return tuple(problems)
+
+
+def fingerprint_update(digest: Any, record: ClinicalRecord) -> None:
+    """Add ``record``'s training view to a SHA-256 ``digest`` (``ClinicalDataset.fingerprint``)."""
+    digest.update(json.dumps([record.id, list(record.messages)], sort_keys=True).encode())
 
 
 def validate_row(

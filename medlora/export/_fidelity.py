@@ -17,8 +17,11 @@ from typing import Any
 
 import attrs
 
-from medlora.data import IGNORE_INDEX, ClinicalDataset, TokenizedExample
+from medlora.data import IGNORE_INDEX, ArrowDataset, ClinicalDataset, TokenizedExample
 from medlora.training import RunRecord
+
+CALIBRATION_RECORDS = 10_000
+"""Records of a run trained from data on disk (the Arrow backend) that calibration draws from."""
 
 
 @attrs.frozen(kw_only=True)
@@ -184,7 +187,10 @@ def _run_splits(
         reason = f"its config does not rebuild them ({exc})"
     else:
         if data.train.fingerprint == record.data_fingerprint:
-            return record.max_seq_len, data.train, data.held_out, "the run's"
+            train = data.train
+            if isinstance(train, ArrowDataset):  # data on disk: calibrate on its first records
+                train = train.head(CALIBRATION_RECORDS)
+            return record.max_seq_len, train, data.held_out, "the run's"
         reason = "they differ from what it trained on (in-memory datasets, or a changed file)"
     warnings.warn(
         f"export fidelity: the run's records cannot be rebuilt: {reason}; measuring on the "

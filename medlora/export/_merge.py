@@ -147,9 +147,7 @@ def merge_adapter(
 
     base, out = Path(base_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_merged_weights(
-        base, Path(adapter_dir), out, strategy=strategy, quant=quant, dtype=dtype
-    )
+    write_merged_weights(base, Path(adapter_dir), out, strategy=strategy, quant=quant, dtype=dtype)
     copy_tokenizer_files(base, out)
     return out
 

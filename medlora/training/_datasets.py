@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
-from medlora.data import ClinicalDataset, DataConfig, LoadedData
+from medlora.data import ArrowDataset, ClinicalDataset, DataConfig, LoadedData
 from medlora.training._config import TrainingConfig
 
 Recipe = Literal["fraction", "file", "given", "none"]
@@ -44,8 +44,8 @@ class HeldOutSplit:
 class RunData:
     """A run's training and held-out records, and what loading them found."""
 
-    train: ClinicalDataset
-    """Records trained on."""
+    train: ClinicalDataset | ArrowDataset
+    """Records trained on (on disk with the Arrow backend)."""
     held_out: ClinicalDataset | None
     """Records held out for evaluation."""
     split: HeldOutSplit
@@ -55,12 +55,13 @@ class RunData:
     given in Python."""
     contamination: tuple[tuple[str, str, float], ...] = ()
     """``(training id, held-out id, jaccard)`` of held-out records whose prompt (nearly)
-    repeats a training prompt (``ClinicalDataset.contamination``)."""
+    repeats a training prompt (``ClinicalDataset.contamination``; on disk
+    ``ArrowDataset.contamination``)."""
 
     @classmethod
     def of(
         cls,
-        train: ClinicalDataset,
+        train: ClinicalDataset | ArrowDataset,
         held_out: ClinicalDataset | None,
         split: HeldOutSplit,
         loaded: LoadedData | None = None,
@@ -80,7 +81,7 @@ class RunData:
         lines = (
             self.loaded.summary()
             if self.loaded is not None
-            else [f"data: {self.train.report.source} (given in Python)"]
+            else [f"data: {source_of(self.train)} (given in Python)"]
         )
         split = self.split
         if split.recipe == "none":
@@ -118,9 +119,14 @@ def held_out_fraction(config: TrainingConfig) -> float:
     return config.validation_fraction
 
 
+def source_of(dataset: ClinicalDataset | ArrowDataset) -> str:
+    """Where a dataset's records came from."""
+    return dataset.source if isinstance(dataset, ArrowDataset) else dataset.report.source
+
+
 def split_records(
-    dataset: ClinicalDataset, config: TrainingConfig
-) -> tuple[ClinicalDataset, ClinicalDataset | None]:
+    dataset: ClinicalDataset | ArrowDataset, config: TrainingConfig
+) -> tuple[ClinicalDataset | ArrowDataset, ClinicalDataset | None]:
     """Training and held-out parts, split by group with the run's fraction and ``seed`` (no
     held-out part when the fraction is 0)."""
     fraction = held_out_fraction(config)
@@ -145,17 +151,20 @@ def describe_split(
     )
 
 
-def run_data(config: TrainingConfig) -> RunData:
+def run_data(config: TrainingConfig, *, progress: bool = True) -> RunData:
     """Load, check and split the records of ``config`` (no model involved)."""
-    loaded = run_data_config(config).load()
+    loaded = run_data_config(config).load(progress=progress)
     recipe: Recipe = "file"
-    train, held = loaded.records, loaded.eval_records
+    train: ClinicalDataset | ArrowDataset = loaded.records
+    held = loaded.eval_records
     if held is None:
         (train, held), recipe = split_records(loaded.records, config), "fraction"
     return RunData.of(train, held, describe_split(held, recipe, config), loaded)
 
 
-def run_datasets(config: TrainingConfig) -> tuple[ClinicalDataset, ClinicalDataset | None]:
+def run_datasets(
+    config: TrainingConfig,
+) -> tuple[ClinicalDataset | ArrowDataset, ClinicalDataset | None]:
     """Training and held-out records of a run made with ``config`` and no explicit datasets."""
     data = run_data(config)
     return data.train, data.held_out

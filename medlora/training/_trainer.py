@@ -22,6 +22,7 @@ from medlora._errors import ConfigError, DatasetError, OutOfMemoryError, Trainin
 from medlora._hub import check_supported, load_tokenizer, resolve_model
 from medlora._io import disk_space, recover
 from medlora.data import (
+    ArrowDataset,
     ClinicalDataset,
     PreparedData,
     TokenizedExample,
@@ -60,6 +61,7 @@ from medlora.training._record import RunDataCard, RunRecord
 from medlora.training._result import TrainingResult
 from medlora.training._state import LoopState, Run
 
+NO_EXAMPLES = "no example has a supervised token left after truncation; raise max_seq_len"
 log = logging.getLogger("medlora")
 
 OOM_ADVICE = (
@@ -93,9 +95,10 @@ class QLoRATrainer:
 
     config: TrainingConfig
     """What to train and how."""
-    train_dataset: ClinicalDataset | None = None
-    """Training records; by default ``config.data`` (or the embedded synthetic set), split by
-    patient into train and held-out parts."""
+    train_dataset: ClinicalDataset | ArrowDataset | None = None
+    """Training records (in memory, or on disk: :class:`~medlora.ArrowDataset`); by default
+    ``config.data`` (or the embedded synthetic set), split by patient into train and
+    held-out parts."""
     eval_dataset: ClinicalDataset | None = None
     """Held-out records; by default the split of ``train_dataset``."""
     callbacks: Sequence[object] = ()
@@ -113,14 +116,15 @@ class QLoRATrainer:
     _token_lengths: list[int] = attrs.field(factory=list, init=False, repr=False)
 
     @property
-    def dataset(self) -> ClinicalDataset | None:
+    def dataset(self) -> ClinicalDataset | ArrowDataset | None:
         """Deprecated name of :attr:`train_dataset`."""
         warn_old_attribute("QLoRATrainer.dataset", "QLoRATrainer.train_dataset")
         return self.train_dataset
 
-    def check_data(self) -> RunData:
+    def check_data(self, *, progress: bool = True) -> RunData:
         """Load, validate and split the records, before any model loads (kept for
         :meth:`train`); ``RunData.report()`` is the data report ``medlora train`` prints.
+        ``progress``: the Arrow backend's progress bars (``train(progress=False)`` hides them).
 
         Raises:
             DatasetError: Bad records, each named by file, line and field.
@@ -129,10 +133,14 @@ class QLoRATrainer:
             return self._data
         cfg = self.config
         if self.train_dataset is None and self.eval_dataset is None:
-            self._data = run_data(cfg)
+            self._data = run_data(cfg, progress=progress)
             return self._data
-        loaded = None if self.train_dataset is not None else run_data_config(cfg).load()
-        train = self.train_dataset if loaded is None else loaded.records
+        loaded = (
+            None if self.train_dataset is not None else run_data_config(cfg).load(progress=progress)
+        )
+        train: ClinicalDataset | ArrowDataset | None = (
+            self.train_dataset if loaded is None else loaded.records
+        )
         if train is None:  # pragma: no cover - one of the two is set
             raise DatasetError("no training records")
         held = self.eval_dataset
@@ -151,24 +159,37 @@ class QLoRATrainer:
             cache_dir=run_dir / "data-cache",
         )
         if not prepared.examples:
-            raise DatasetError(
-                "no example has a supervised token left after truncation; raise max_seq_len"
-            )
+            raise DatasetError(NO_EXAMPLES)
         return prepared
 
     def _train_items(
-        self, dataset: ClinicalDataset, run_dir: Path
-    ) -> tuple[list[Any], Callable[[list[Any]], dict[str, Any]]]:
-        """Training items (examples, or packed rows of them) and the function batching them."""
+        self, dataset: ClinicalDataset | ArrowDataset, run_dir: Path, *, progress: bool = True
+    ) -> tuple[Sequence[Any], Callable[[list[Any]], dict[str, Any]]]:
+        """Training items (examples, or packed rows of them) and the function batching them;
+        from the Arrow backend, rows read from disk as they are drawn."""
         cfg, pad_id = self.config, self.tokenizer.pad_token_id
-        prepared = self._prepare(dataset, run_dir, pack=cfg.packing)
-        self._token_lengths = [len(e) for e in prepared.examples]
+        items: Sequence[Any]
+        if isinstance(dataset, ArrowDataset):
+            on_disk = dataset.prepare(
+                self.tokenizer,
+                max_seq_len=cfg.max_seq_len,
+                pack=cfg.packing,
+                cache_dir=run_dir / "data-cache",
+                progress=progress,
+            )
+            if not on_disk.examples:
+                raise DatasetError(NO_EXAMPLES)
+            self._token_lengths, items = on_disk.lengths(), on_disk.items()
+        else:
+            prepared = self._prepare(dataset, run_dir, pack=cfg.packing)
+            self._token_lengths = [len(e) for e in prepared.examples]
+            items = prepared.rows() if cfg.packing else list(prepared.examples)
         if not cfg.packing:
 
             def padded(chunk: list[Any]) -> dict[str, Any]:
                 return dict(collate(chunk, pad_id=pad_id))
 
-            return list(prepared.examples), padded
+            return items, padded
         attention = self.model.config._attn_implementation
         dense = attention not in PADDING_FREE_ATTENTION
         varlen = attention.startswith("flash_attention")
@@ -177,7 +198,7 @@ class QLoRATrainer:
             batch = dict(collate_packed(chunk, pad_id=pad_id, dense_mask=dense))
             return with_varlen_kwargs(batch) if varlen else batch
 
-        return prepared.rows(), packed
+        return items, packed
 
     def setup(self, device: Any = None) -> None:
         """Load tokenizer and model (4-bit base + LoRA) and decide how they compute here
@@ -325,7 +346,9 @@ class QLoRATrainer:
 
     def _train(self, *, progress: bool, resume: bool | None) -> TrainingResult:
         """Set up, step until ``max_steps`` (or early stopping), then finish."""
-        run = self._begin(resume=self.config.resume if resume is None else resume)
+        run = self._begin(
+            resume=self.config.resume if resume is None else resume, progress=progress
+        )
         self._open_logs(run, progress=progress)
         try:
             with oom_as_error():
@@ -340,7 +363,7 @@ class QLoRATrainer:
         self._flush(run)
         return self._finish(run)
 
-    def _begin(self, *, resume: bool) -> Run:
+    def _begin(self, *, resume: bool, progress: bool = True) -> Run:
         """Check the data, load the model, start the run, and resume it (or measure the base
         model's held-out loss)."""
         import torch
@@ -348,7 +371,7 @@ class QLoRATrainer:
 
         started = time.perf_counter()
         cfg = self.config
-        data = self.check_data()  # bad records fail here, before any model loads
+        data = self.check_data(progress=progress)  # bad records fail here, before the model
         acc = Accelerator(cpu=not torch.cuda.is_available())  # gloo DDP on CPU-only machines
         run_dir = Path(cfg.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -358,7 +381,7 @@ class QLoRATrainer:
         acc.wait_for_everyone()
         if self.model is None:
             self.setup(device=acc.device)
-        train_items, collate_fn = self._train_items(data.train, run_dir)
+        train_items, collate_fn = self._train_items(data.train, run_dir, progress=progress)
         held = data.held_out
         eval_examples = (
             list(self._prepare(held, run_dir, pack=False).examples)

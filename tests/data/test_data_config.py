@@ -6,9 +6,11 @@ import json
 import warnings
 from pathlib import Path
 
+import attrs
 import pytest
 
 from medlora import (
+    ArrowDataset,
     ConfigError,
     DataConfig,
     DatasetError,
@@ -16,7 +18,7 @@ from medlora import (
     QLoRATrainer,
     TrainingConfig,
 )
-from medlora.training import run_datasets
+from medlora.training import run_data, run_datasets
 
 
 def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -74,6 +76,10 @@ def test_yaml_data_section_drives_every_option(tmp_path: Path) -> None:
         ({"path": "a.jsonl", "kind": "chatt"}, "data.kind", "did you mean 'chat'"),
         ({"pth": "a.jsonl"}, "data.pth", "Did you mean 'path'"),
         ({"format": "csv"}, "data.format", "needs a path"),
+        ({"path": "a.csv", "backend": "arrow"}, "data.backend", "convert the records to .jsonl"),
+        ({"path": "a.jsonl", "backend": "arrow", "dedup": "near"}, "data.dedup", "dedup: exact"),
+        ({"path": "a.jsonl", "backend": "arow"}, "data.backend", "did you mean 'arrow'"),
+        ({"path": "a.jsonl", "arrow_threshold_mb": -1}, "data.arrow_threshold_mb", "between"),
     ],
 )
 def test_bad_data_settings_name_the_field_and_the_fix(
@@ -150,3 +156,44 @@ def test_phi_engine_is_checked_and_patterns_run_without_warning(tmp_path: Path) 
     assert (
         loaded.records[0].messages[0]["content"] == "Seen with her daughter [NAME] on [DATE]. Plan?"
     )
+
+
+def test_backend_arrow_from_yaml_trains_on_the_same_split_and_records(tmp_path: Path) -> None:
+    rows = [*_visits(), _visits()[4]]  # line 31 repeats line 5
+    path = _jsonl(tmp_path / "visits.jsonl", rows)
+    runs = {}
+    for backend in ("memory", "arrow"):
+        config = tmp_path / f"{backend}.yaml"
+        config.write_text(
+            f"model: m\noutput_dir: {tmp_path / backend}\nseed: 3\ndata:\n  path: {path}\n"
+            "  field_map: {q: question, a: answer}\n  group_by: mrn\n  eval: 0.3\n"
+            f"  dedup: exact\n  backend: {backend}\n  cache_dir: {tmp_path / 'cache'}\n",
+            encoding="utf-8",
+        )
+        runs[backend] = run_data(TrainingConfig.from_file(config))
+    memory, arrow = runs["memory"], runs["arrow"]
+    assert isinstance(arrow.train, ArrowDataset) and arrow.train.path.parent == tmp_path / "cache"
+    assert arrow.train.fingerprint == memory.train.fingerprint
+    assert arrow.split == memory.split and arrow.split.records == 9  # 3 of 10 patients
+    assert arrow.held_out is not None and memory.held_out is not None
+    assert arrow.held_out.records == memory.held_out.records
+    assert arrow.contamination == memory.contamination
+    assert arrow.loaded is not None and arrow.loaded.dedup is not None
+    assert arrow.loaded.dedup.removed == ((f"{path}:30", f"{path}:4", 1.0),)
+    report = arrow.report()
+    assert "near duplicates not searched (arrow backend)" not in report  # dedup is on
+    assert "removed 1 exact and 0 near duplicates" in report
+    card = arrow.card()
+    assert card["records"] == memory.card()["records"] and card["near_duplicate_pairs"] is None
+
+
+def test_auto_backend_streams_jsonl_files_above_the_threshold(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "v.jsonl", _visits())
+    assert not DataConfig(path=str(path)).uses_arrow()  # 1 kB < 500 MB
+    small = DataConfig(path=str(path), arrow_threshold_mb=0.001, cache_dir=str(tmp_path / "c"))
+    assert small.uses_arrow()
+    assert not DataConfig(path=str(path), backend="memory", arrow_threshold_mb=0).uses_arrow()
+    assert not DataConfig(path=str(path), arrow_threshold_mb=0, dedup="near").uses_arrow()
+    loaded = attrs.evolve(small, field_map={"q": "question", "a": "answer"}).load()
+    assert isinstance(loaded.records, ArrowDataset) and len(loaded.records) == 30
+    assert "near duplicates not searched (arrow backend)" in "\n".join(loaded.summary())

@@ -1,0 +1,61 @@
+"""Training from data on disk (``backend: arrow``): the same steps as from memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from medlora import QLoRATrainer
+from medlora.training import RunRecord
+
+if TYPE_CHECKING:
+    from conftest import SmallRun
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_arrow_and_memory_backends_train_the_same_losses(
+    tmp_path: Path,
+    random_model_dir: Path,
+    small_run: SmallRun,
+    packing: bool,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    rows = [{**r, "id": f"s{i}", "pid": f"P{i % 6}"} for i, r in enumerate(small_run.records(24))]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    results = {}
+    for backend in ("memory", "arrow"):
+        data = {"path": str(path), "group_by": "pid", "backend": backend}
+        data["cache_dir"] = str(tmp_path / "cache")
+        config = small_run.config(
+            random_model_dir,
+            tmp_path / backend,
+            max_steps=4,
+            packing=packing,
+            max_seq_len=128,
+            validation_fraction=0.2,
+            data=data,
+        )
+        results[backend] = QLoRATrainer(config).train(progress=False)
+    bars = capfd.readouterr().err
+    assert "validate" not in bars and "tokenize" not in bars  # train(progress=False)
+    memory, arrow = results["memory"], results["arrow"]
+    assert arrow.train_losses == memory.train_losses
+    assert arrow.final_eval_loss == memory.final_eval_loss
+    assert arrow.train_tokens == memory.train_tokens
+    assert list((tmp_path / "arrow" / "data-cache").glob("tokens-*.arrow"))
+    records = {b: RunRecord.from_dir(tmp_path / b) for b in results}
+    assert records["arrow"].held_out_split == records["memory"].held_out_split
+    assert records["arrow"].data_fingerprint == records["memory"].data_fingerprint
+    held = records["arrow"].held_out()  # what `medlora eval` scores, checked by fingerprint
+    assert records["arrow"].held_out_split is not None
+    assert (
+        held.fingerprint == records["arrow"].held_out_split.fingerprint and len(held) == 4
+    )  # 1 of 6 patients
+    card = records["arrow"].data_card
+    assert (
+        card is not None and card["token_lengths"] == records["memory"].data_card["token_lengths"]
+    )
