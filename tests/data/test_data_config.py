@@ -16,6 +16,7 @@ from medlora import (
     DatasetError,
     PHIDetectedError,
     QLoRATrainer,
+    RunDataCard,
     TrainingConfig,
 )
 from medlora.training import run_data, run_datasets
@@ -183,8 +184,9 @@ def test_backend_arrow_from_yaml_trains_on_the_same_split_and_records(tmp_path: 
     report = arrow.report()
     assert "near duplicates not searched (arrow backend)" not in report  # dedup is on
     assert "removed 1 exact and 0 near duplicates" in report
-    card = arrow.card()
-    assert card["records"] == memory.card()["records"] and card["near_duplicate_pairs"] is None
+    card = RunDataCard.of(arrow).dataset
+    assert card.records == RunDataCard.of(memory).dataset.records
+    assert card.near_duplicate_pairs is None
 
 
 def test_auto_backend_streams_jsonl_files_above_the_threshold(tmp_path: Path) -> None:

@@ -55,7 +55,6 @@ def test_arrow_and_memory_backends_train_the_same_losses(
     assert (
         held.fingerprint == records["arrow"].held_out_split.fingerprint and len(held) == 4
     )  # 1 of 6 patients
-    card = records["arrow"].data_card
-    assert (
-        card is not None and card["token_lengths"] == records["memory"].data_card["token_lengths"]
-    )
+    card, memory_card = records["arrow"].data_card, records["memory"].data_card
+    assert card is not None and memory_card is not None
+    assert card.token_lengths == memory_card.token_lengths
