@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,34 +150,55 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-@contextlib.contextmanager
-def read_without_mmap() -> Iterator[None]:
-    """While loading, make transformers read safetensors with ``pread``, not a memory map.
+def load_causal_lm(model_dir: Path, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)``, with the safetensors
+    weights read with ``pread`` instead of through a memory map.
 
     transformers maps each checkpoint file and reads its tensors through the map: every page
     read stays resident until loading ends, and tensors whose dtype already matches keep
-    aliasing the map. Measured on the 4-bit 1.1B reference from a float32 base: 5.07 GB peak
-    RSS, 4.4 GB of it file pages. safetensors' ``pread`` backend (what transformers itself
-    uses on Windows) reads each tensor into memory of its own, so quantized weights' source
-    pages are freed as loading goes. Loading is otherwise unchanged (tested).
+    aliasing the map (measured on the 4-bit 1.1B reference from a float32 base: 5.07 GB peak
+    RSS, 4.4 GB of it file pages). Here the shards are opened with safetensors' ``pread``
+    backend (what transformers itself uses on Windows) and their lazy slices handed to
+    ``from_pretrained`` as its ``state_dict``, so each tensor is read into memory of its own
+    and a quantized weight's source is freed as loading goes. What the path load takes from
+    the directory besides the weights is passed or set the same way: the config, the
+    generation config and ``name_or_path`` (peft writes it into ``adapter_config.json``);
+    the loaded model is identical (tested).
+
+    A checkpoint without safetensors files (``pytorch_model.bin``), or one that is not a
+    Llama (refused by the caller), loads by transformers' own path load.
     """
-    import transformers.modeling_utils as modeling_utils
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
-    original = getattr(modeling_utils, "safe_open", None)
-    if original is None:  # another transformers layout: keep its default
-        yield
-        return
+    from medlora._safetensors import checkpoint_files, read_lazily
 
-    def pread_open(filename: Any, framework: str, device: Any = "cpu", backend: Any = None) -> Any:
-        if str(device) == "cpu":
-            backend = "pread"
-        return original(filename, framework=framework, device=device, backend=backend)
+    files = checkpoint_files(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    if not files or config.model_type != "llama":
+        return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    with read_lazily(files) as state_dict:
+        model = LlamaForCausalLM.from_pretrained(
+            None,
+            config=config,
+            state_dict=state_dict,
+            generation_config=_generation_config(model_dir),
+            **kwargs,
+        )
+    # from_pretrained names the model after its first argument, here None
+    model.config.name_or_path = model.name_or_path = str(model_dir)
+    return model
 
-    modeling_utils.safe_open = pread_open
-    try:
-        yield
-    finally:
-        modeling_utils.safe_open = original
+
+def _generation_config(model_dir: Path) -> Any:
+    """The generation config ``from_pretrained(model_dir)`` gives a causal LM: the directory's
+    ``generation_config.json``, else one made from ``config.json``."""
+    from transformers import GenerationConfig
+
+    if (model_dir / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(model_dir)
+    return GenerationConfig.from_pretrained(
+        model_dir, config_file_name="config.json", _from_model_config=True
+    )
 
 
 def adapter_base(adapter_dir: Path) -> str:

@@ -93,24 +93,48 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
     }
 
 
-@contextlib.contextmanager
-def stored_tensors(model_dir: Path) -> Iterator[dict[str, StoredTensor]]:
-    """Index every tensor of the model's safetensors file(s): {tensor name: where it lies}."""
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The model's safetensors file(s): the shards its ``model.safetensors.index.json`` names,
+    else ``model.safetensors``; none when it has neither (a ``.bin`` checkpoint)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (model_dir / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
+        return [model_dir / file for file in sorted(set(weight_map.values()))]
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    return []
+
+
+@contextlib.contextmanager
+def stored_tensors(model_dir: Path) -> Iterator[dict[str, StoredTensor]]:
+    """Index every tensor of the model's safetensors file(s): {tensor name: where it lies}."""
+    files = checkpoint_files(model_dir)
+    if not files:
         raise ExportError(
             f"{model_dir} has no model.safetensors; save the model with "
             "save_pretrained(..., safe_serialization=True)"
         )
     stored: dict[str, StoredTensor] = {}
     for file in files:
-        stored.update(read_header(model_dir / file))
+        stored.update(read_header(file))
     yield dict(sorted(stored.items()))
+
+
+@contextlib.contextmanager
+def read_lazily(files: list[Path]) -> Iterator[dict[str, Any]]:
+    """Every tensor of ``files`` as a lazy slice (``safe_open(...).get_slice``) read with
+    ``pread`` into memory of its own, not through a memory map: the files stay open until the
+    block ends, and a tensor is read only when its slice is indexed."""
+    safetensors = require("safetensors", "reading safetensors")
+    with contextlib.ExitStack() as stack:
+        slices: dict[str, Any] = {}
+        for file in files:
+            handle = stack.enter_context(
+                safetensors.safe_open(str(file), framework="pt", device="cpu", backend="pread")
+            )
+            names = handle.keys()  # a safetensors handle is not a mapping
+            slices.update({name: handle.get_slice(name) for name in names})
+        yield slices
 
 
 @contextlib.contextmanager

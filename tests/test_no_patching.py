@@ -69,21 +69,15 @@ SETTINGS = {
     "training/_trainer.py torch.backends.cudnn.allow_tf32",
 }
 """Not patches: torch's documented switches, which are set by assignment."""
-STILL_PATCHING = {
-    "_hub.py modeling_utils.safe_open",
-}
-"""transformers' ``safe_open`` swapped for one with the ``pread`` backend while a 4-bit base
-loads (``_hub.read_without_mmap``: 5.06 -> 2.14 GB peak RSS on the 1.1B base); transformers
-chooses the backend itself. Remove the entry when that swap goes."""
 
 
 def test_no_assignment_to_another_modules_attributes() -> None:
     """No ``module.attr = ...``, ``setattr(module, ...)`` or ``del module.attr`` on a module
-    medlora imports (llama_cpp, transformers, uvicorn...), beyond the known entries."""
+    medlora imports (llama_cpp, transformers, uvicorn...), beyond torch's switches."""
     found = {
         hit for path in sorted(PACKAGE.rglob("*.py")) for hit in _module_attribute_writes(path)
     }
-    assert found == SETTINGS | STILL_PATCHING
+    assert found == SETTINGS
 
 
 def test_the_attribute_check_finds_a_patch(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from medlora._errors import ConfigError, ModelLoadError, OutOfMemoryError
-from medlora._hub import read_without_mmap
+from medlora._hub import load_causal_lm
 from medlora._optional import require
 from medlora.training._config import LoraConfig, QuantizationConfig
 
@@ -99,23 +99,17 @@ def compute_dtype(quant: QuantizationConfig | None) -> Any:
     return torch.float32
 
 
-def load_base_model(
-    model_dir: Path,
+def from_pretrained_kwargs(
     quant: QuantizationConfig | None,
     *,
     device: Any = None,
     dtype: Any = None,
     quant_storage: str | None = None,
     attn_implementation: str | None = None,
-) -> Any:
-    """The base causal LM, 4-bit quantized when ``quant`` is given, frozen and in eval mode.
-
-    ``dtype`` (default: :func:`compute_dtype`) is the dtype of every floating weight and of
-    the 4-bit matmuls unless ``quant.compute_dtype`` names another; ``quant_storage``
-    overrides ``quant.quant_storage`` (``auto`` there means uint8).
-    """
+) -> dict[str, Any]:
+    """The keyword arguments :func:`load_base_model` loads the base with (``from_pretrained``'s
+    ``dtype``, ``attn_implementation``, ``quantization_config`` and ``device_map``)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(quant) if dtype is None else dtype
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -137,9 +131,37 @@ def load_base_model(
         )
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def load_base_model(
+    model_dir: Path,
+    quant: QuantizationConfig | None,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    quant_storage: str | None = None,
+    attn_implementation: str | None = None,
+) -> Any:
+    """The base causal LM, 4-bit quantized when ``quant`` is given, frozen and in eval mode.
+
+    ``dtype`` (default: :func:`compute_dtype`) is the dtype of every floating weight and of
+    the 4-bit matmuls unless ``quant.compute_dtype`` names another; ``quant_storage``
+    overrides ``quant.quant_storage`` (``auto`` there means uint8).
+    """
+    import torch
+
+    kwargs = from_pretrained_kwargs(
+        quant,
+        device=device,
+        dtype=dtype,
+        quant_storage=quant_storage,
+        attn_implementation=attn_implementation,
+    )
     try:
-        with read_without_mmap():  # 5.06 -> 2.14 GB peak RSS loading the 1.1B base in 4-bit
-            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        # read with pread, not a memory map: 4.97 -> 1.98-2.22 GB peak RSS loading the 1.1B base
+        # in 4-bit (docs/benchmarks.md)
+        model = load_causal_lm(model_dir, **kwargs)
     except torch.OutOfMemoryError as exc:
         raise OutOfMemoryError(LOAD_OOM_ADVICE) from exc
     except Exception as exc:

@@ -248,26 +248,3 @@ def test_export_measures_the_directory_it_ships(exported: Any, trained_run: Any)
     assert {k: shipped[k] for k in probe_fields} == pytest.approx(
         {k: recorded[k] for k in probe_fields}, rel=1e-9, abs=1e-12
     )
-
-
-def test_reading_without_mmap_loads_the_same_4bit_model(random_model_dir: Path) -> None:
-    import transformers.modeling_utils as modeling_utils
-
-    from medlora._hub import read_without_mmap
-    from medlora.export._parity import hf_logits
-    from medlora.training._model import load_base_model
-
-    ids = [[1, 5, 9, 300, 17, 2]]
-    mapped = hf_logits(load_base_model(random_model_dir, QuantizationConfig()), ids)
-    original = modeling_utils.safe_open
-    with read_without_mmap():
-        assert modeling_utils.safe_open is not original
-        model = load_base_model(random_model_dir, QuantizationConfig())
-    assert modeling_utils.safe_open is original
-    assert torch.equal(hf_logits(model, ids)[0], mapped[0])
-    # the merges' NF4 round trip uses the block size 4-bit loading gave every weight
-    from medlora.export._merge import NF4_BLOCKSIZE
-
-    weights = [getattr(m, "weight", None) for m in model.modules()]
-    states = [w.quant_state for w in weights if hasattr(w, "quant_state")]
-    assert states and {s.blocksize for s in states} == {NF4_BLOCKSIZE}
