@@ -147,11 +147,10 @@ def llama3_tokenizer() -> Any:
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer() -> Any:
-    model = _cache_root() / "models/SmolLM2-135M-Instruct-Q4_1"
-    if not (model / "tokenizer.json").is_file():
-        pytest.skip(f"SmolLM2-135M-Instruct is not built at {model} (medlora.testing)")
-    return load_tokenizer(model)
+def smollm2_tokenizer(real_model_dir: Path) -> Any:
+    """The real SmolLM2-135M-Instruct tokenizer (the session's real-model fixture, which builds
+    it once and skips when the registry cannot be reached)."""
+    return load_tokenizer(real_model_dir)
 
 
 def _with_chatml_tokens(tok: Any, *, smol_like: bool) -> Any:

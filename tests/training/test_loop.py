@@ -286,6 +286,8 @@ def test_oom_in_evaluation_and_loading_is_translated_too(
     with pytest.raises(OutOfMemoryError, match="lower micro_batch_size"):
         trainer.evaluate(examples)
 
+    # safetensors checkpoints load through LlamaForCausalLM (pread slices), others through Auto
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", _raise_oom)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _raise_oom)
     with pytest.raises(OutOfMemoryError, match="while loading the base model"):
         QLoRATrainer(small_run.config(tiny_model_dir, tmp_path)).setup()
