@@ -58,3 +58,63 @@ def test_arrow_and_memory_backends_train_the_same_losses(
     card, memory_card = records["arrow"].data_card, records["memory"].data_card
     assert card is not None and memory_card is not None
     assert card.token_lengths == memory_card.token_lengths
+
+
+def test_export_measures_and_calibrates_an_arrow_run_on_its_own_records(
+    tmp_path: Path,
+    random_model_dir: Path,
+    small_run: SmallRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exporter rebuilds an Arrow run's split from its config (no fallback to the
+    embedded records) and calibrates on the first ``CALIBRATION_RECORDS`` training records,
+    which here are all of them: the same text as the in-memory run's."""
+    import warnings
+
+    from medlora._hub import load_tokenizer
+    from medlora.export import _fidelity
+
+    rows = [{**r, "id": f"s{i}", "pid": f"P{i % 6}"} for i, r in enumerate(small_run.records(24))]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    texts = {}
+    for backend in ("memory", "arrow"):
+        data = {"path": str(path), "group_by": "pid", "backend": backend}
+        data["cache_dir"] = str(tmp_path / "cache")
+        config = small_run.config(
+            random_model_dir,
+            tmp_path / backend,
+            max_steps=2,
+            max_seq_len=128,
+            validation_fraction=0.2,
+            data=data,
+        )
+        QLoRATrainer(config).train(progress=False)
+        record = RunRecord.from_dir(tmp_path / backend)
+        tokenizer = load_tokenizer(random_model_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the embedded-records fallback warns
+            texts[backend] = _fidelity.run_text(
+                record,
+                tokenizer,
+                held_out=None,
+                calibration=None,
+                max_positions=10_000,
+                max_calibration_tokens=100_000,
+            )
+    memory, arrow = texts["memory"], texts["arrow"]
+    assert arrow.calibration_source == "the run's training records"
+    assert sorted(arrow.calibration) == sorted(memory.calibration)
+    assert arrow.fidelity == memory.fidelity
+
+    monkeypatch.setattr(_fidelity, "CALIBRATION_RECORDS", 3)
+    capped = _fidelity.run_text(
+        RunRecord.from_dir(tmp_path / "arrow"),
+        load_tokenizer(random_model_dir),
+        held_out=None,
+        calibration=None,
+        max_positions=10_000,
+        max_calibration_tokens=100_000,
+    )
+    assert len(capped.calibration) == 3
+    assert set(capped.calibration) < set(arrow.calibration)
