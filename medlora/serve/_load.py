@@ -164,6 +164,26 @@ def _pieces(tokens: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
         yield text[emitted:]
 
 
+def _sampling(options: GenerateKeywords) -> _Sampling:
+    """``generate``/``chat`` keywords with the defaults filled in.
+
+    Raises:
+        TypeError: A keyword that is not one of :class:`GenerateKeywords`.
+    """
+    unknown = sorted(set(options) - set(GenerateKeywords.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword {', '.join(unknown)}; generate() and chat() take "
+            f"{', '.join(GenerateKeywords.__annotations__)} and stream"
+        )
+    return _Sampling(
+        max_new_tokens=options.get("max_new_tokens", 128),
+        temperature=options.get("temperature", 0.0),
+        stops=_stops(options.get("stop")),
+        seed=options.get("seed", 0),
+    )
+
+
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
     if stop is None:
         return []
@@ -202,88 +222,45 @@ class _Backend:
 
     @overload
     def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        stop: str | Sequence[str] | None = ...,
-        stream: Literal[False] = ...,
-        seed: int = ...,
+        self, prompt: str, *, stream: Literal[False] = ..., **options: Unpack[GenerateKeywords]
     ) -> str: ...
     @overload
     def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        stop: str | Sequence[str] | None = ...,
-        stream: Literal[True],
-        seed: int = ...,
+        self, prompt: str, *, stream: Literal[True], **options: Unpack[GenerateKeywords]
     ) -> Iterator[str]: ...
     def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: str | Sequence[str] | None = None,
-        stream: bool = False,
-        seed: int = 0,
+        self, prompt: str, *, stream: bool = False, **options: Unpack[GenerateKeywords]
     ) -> str | Iterator[str]:
-        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or the limit.
+        """Continue ``prompt`` (raw text, BOS added) until EOS, a stop string or
+        ``max_new_tokens`` (:class:`GenerateKeywords`: 128 tokens, greedy, seed 0).
 
         Returns:
             The text, or with ``stream=True`` an iterator of text pieces.
         """
-        sampling = _Sampling(
-            max_new_tokens=max_new_tokens, temperature=temperature, stops=_stops(stop), seed=seed
-        )
-        return self._generate(prompt, sampling, stream=stream)
+        return self._generate(prompt, _sampling(options), stream=stream)
 
     @overload
     def chat(
         self,
         messages: Messages,
         *,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        stop: str | Sequence[str] | None = ...,
         stream: Literal[False] = ...,
-        seed: int = ...,
+        **options: Unpack[GenerateKeywords],
     ) -> str: ...
     @overload
     def chat(
-        self,
-        messages: Messages,
-        *,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        stop: str | Sequence[str] | None = ...,
-        stream: Literal[True],
-        seed: int = ...,
+        self, messages: Messages, *, stream: Literal[True], **options: Unpack[GenerateKeywords]
     ) -> Iterator[str]: ...
     def chat(
-        self,
-        messages: Messages,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: str | Sequence[str] | None = None,
-        stream: bool = False,
-        seed: int = 0,
+        self, messages: Messages, *, stream: bool = False, **options: Unpack[GenerateKeywords]
     ) -> str | Iterator[str]:
         """Answer a conversation (``{"role", "content"}`` mappings) through the chat template;
-        generation stops at EOS or the template's end of a reply.
+        generation stops at EOS or the template's end of a reply (:class:`GenerateKeywords`).
 
         Returns:
             The reply, or with ``stream=True`` an iterator of text pieces.
         """
-        sampling = _Sampling(
-            max_new_tokens=max_new_tokens, temperature=temperature, stops=_stops(stop), seed=seed
-        )
-        return self._chat(messages, sampling, stream=stream)
+        return self._chat(messages, _sampling(options), stream=stream)
 
     def tokenize(self, text: str) -> list[int]:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -89,3 +89,13 @@ def test_a_gguf_model_behaves_as_a_loaded_model(exported: Any) -> None:
     with load(exported.gguf_files["Q8_0"], n_threads=1) as model:
         assert type(model) is GGUFModel
         _behaves_as_a_loaded_model(model)
+
+
+def test_an_unknown_generation_keyword_is_a_type_error_not_ignored() -> None:
+    """``generate``/``chat`` take their options as ``**options``: a typo such as OpenAI's
+    ``max_tokens`` must still fail, naming the keywords there are."""
+    from medlora.serve._load import _sampling
+
+    assert _sampling({"max_new_tokens": 3, "stop": "\n"}).stops == ["\n"]
+    with pytest.raises(TypeError, match=r"max_tokens; .*max_new_tokens, temperature, stop, seed"):
+        _sampling({"max_tokens": 3})  # type: ignore[typeddict-unknown-key]
