@@ -1,6 +1,7 @@
 """Records in, training examples out: loading, validation, templating, tokenization."""
 
-from medlora.data._arrow import ArrowDataset, ArrowPrepared, ArrowRows
+from medlora.data._arrow import ArrowDataset
+from medlora.data._arrow_prepare import ArrowPrepared, ArrowRows
 from medlora.data._chat import reply_end_token, stop_token_ids, stop_tokens
 from medlora.data._collate import collate
 from medlora.data._config import DataConfig, LoadedData, data_config

@@ -12,7 +12,6 @@ options and (for tokens) the tokenizer.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,14 +23,25 @@ from typing import Any, Literal, Unpack
 import attrs
 
 from medlora._errors import ConfigError, DatasetError, DatasetProblem
-from medlora._io import atomic_path, write_json
+from medlora._io import write_json
 from medlora._optional import require
+from medlora.data._arrow_io import (
+    arrow_writer,
+    batch_records,
+    cache_key_of,
+    default_cache_dir,
+    file_digest,
+    progress_bar,
+    read_batches,
+    record_row,
+    record_schema,
+)
+from medlora.data._arrow_prepare import ArrowPrepared, pack_file, tokenize_file
 from medlora.data._dataset import (
     ClinicalDataset,
     held_keys,
     phi_error,
     prompt_text,
-    relocate,
     split_key,
 )
 from medlora.data._formats import iter_jsonl, jsonl_line
@@ -43,10 +53,8 @@ from medlora.data._hygiene import (
     exact_key,
     length_stats,
 )
-from medlora.data._pack import PackingReport, pack_examples
 from medlora.data._phi import KEY_ENV, PHIDetector, PHIReport, group_key, scan_records
-from medlora.data._prepare import Truncation, tokenize_all, tokenizer_hash
-from medlora.data._tokenize import TokenizedExample
+from medlora.data._prepare import Truncation, tokenizer_hash
 from medlora.data._validate import (
     ClinicalRecord,
     LoadKeywords,
@@ -57,138 +65,8 @@ from medlora.data._validate import (
     validate_row,
 )
 
-BATCH = 2000
-"""Records per Arrow record batch (and per tokenizer call)."""
 PACK_WINDOW = 20_000
 """Examples packed together (best-fit-decreasing within each window)."""
-_VERSION = 1
-_RECORD_COLUMNS = ("id", "kind", "messages", "group", "index", "source")
-
-
-def _pa() -> Any:
-    return require("pyarrow", "ArrowDataset")
-
-
-def _record_schema() -> Any:
-    pa = _pa()
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("kind", pa.string()),
-            ("messages", pa.string()),
-            ("group", pa.string()),
-            ("index", pa.int64()),
-            ("source", pa.string()),
-        ]
-    )
-
-
-def _token_schema(packed: bool) -> Any:
-    pa = _pa()
-    ids = [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))]
-    last = ("lengths", pa.list_(pa.int32())) if packed else ("truncated", pa.bool_())
-    return pa.schema([*ids, last])
-
-
-class _Writer:
-    """Rows appended one at a time, written as record batches of :data:`BATCH` rows."""
-
-    def __init__(self, writer: Any, schema: Any) -> None:
-        self.writer, self.schema = writer, schema
-        self.columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-        self.rows = 0
-
-    def add(self, **values: Any) -> None:
-        for name, column in self.columns.items():
-            column.append(values[name])
-        if len(self.columns[self.schema.names[0]]) >= BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        n = len(self.columns[self.schema.names[0]])
-        if n:
-            arrays = [self.columns[name] for name in self.schema.names]
-            self.writer.write_batch(_pa().record_batch(arrays, schema=self.schema))
-            self.rows += n
-            self.columns = {name: [] for name in self.schema.names}
-
-
-@contextlib.contextmanager
-def arrow_writer(target: Path, schema: Any) -> Iterator[_Writer]:
-    """An Arrow stream file at ``target``, there only once the block ends without error."""
-    pa = _pa()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        atomic_path(target) as tmp,
-        pa.OSFile(str(tmp), "wb") as sink,
-        pa.ipc.new_stream(sink, schema) as stream,
-    ):
-        out = _Writer(stream, schema)
-        yield out
-        out.flush()
-
-
-def read_batches(path: Path) -> Iterator[Any]:
-    """The record batches of an Arrow stream file, one at a time, read (not memory-mapped)."""
-    pa = _pa()
-    with pa.OSFile(str(path)) as source:
-        yield from pa.ipc.open_stream(source)
-
-
-def _record_row(record: ClinicalRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "kind": record.kind,
-        "messages": json.dumps(list(record.messages)),
-        "group": record.group,
-        "index": record.index,
-        "source": json.dumps(dict(record.source), default=str),
-    }
-
-
-def batch_records(batch: Any) -> list[ClinicalRecord]:
-    """The :class:`ClinicalRecord` values of one record batch."""
-    cols = batch.to_pydict()
-    return [
-        ClinicalRecord(
-            id=rid,
-            kind=kind,
-            messages=tuple(json.loads(messages)),
-            group=group,
-            source=json.loads(source),
-            index=index,
-        )
-        for rid, kind, messages, group, index, source in zip(
-            *(cols[c] for c in _RECORD_COLUMNS), strict=True
-        )
-    ]
-
-
-def file_digest(path: Path) -> str:
-    """BLAKE2b of a file's bytes, read 1 MiB at a time."""
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _key(settings: Mapping[str, Any]) -> str:
-    blob = json.dumps({"v": _VERSION, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _progress(total: int | None, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    if not enabled:
-        return tqdm(total=total, desc=desc, disable=True)
-    return tqdm(total=total, desc=desc, unit="rec", leave=False)  # TQDM_DISABLE=1 silences it
-
-
-def default_cache_dir() -> Path:
-    """``~/.cache/medlora/arrow``."""
-    return Path.home() / ".cache" / "medlora" / "arrow"
 
 
 @attrs.frozen(kw_only=True)
@@ -203,11 +81,11 @@ class _Stats:
 def _write_records(records: Iterable[ClinicalRecord], target: Path) -> _Stats:
     """Write ``records`` to ``target``, counting kinds and the fingerprint on the way."""
     digest, kinds = hashlib.sha256(), Counter[str]()
-    with arrow_writer(target, _record_schema()) as out:
+    with arrow_writer(target, record_schema()) as out:
         for record in records:
             fingerprint_update(digest, record)
             kinds[record.kind] += 1
-            out.add(**_record_row(record))
+            out.add(**record_row(record))
     return _Stats(records=out.rows, kinds=dict(kinds), fingerprint=digest.hexdigest())
 
 
@@ -366,7 +244,7 @@ class ArrowDataset:
         load = LoadOptions(**options)
         if not path.is_file():
             raise DatasetError([DatasetProblem("file does not exist", path=path)])
-        key = _key(
+        key = cache_key_of(
             {
                 "file": file_digest(path),
                 "options": attrs.asdict(load),
@@ -455,7 +333,9 @@ class ArrowDataset:
         held_set = held_keys(keys, test_size=test_size, seed=seed)
         del keys
         held: list[ClinicalRecord] = []
-        name = _key({"of": self.fingerprint, "test_size": test_size, "seed": seed, "g": grouped})
+        name = cache_key_of(
+            {"of": self.fingerprint, "test_size": test_size, "seed": seed, "g": grouped}
+        )
         target = self.path.with_name(f"train-{name}.arrow")
 
         def train() -> Iterator[ClinicalRecord]:
@@ -552,22 +432,22 @@ class ArrowDataset:
             "truncation": truncation,
             "pack": pack_window if pack else None,
         }
-        key = _key(settings)
+        key = cache_key_of(settings)
         cache = Path(cache_dir) if cache_dir is not None else self.path.parent
         target = cache / f"tokens-{key}.arrow"
         meta = target.with_suffix(".json")
         if target.is_file() and meta.is_file():
             return ArrowPrepared.from_meta(target, json.loads(meta.read_text()))
         examples = cache / f"examples-{key}.arrow" if pack else target
-        with _progress(self.num_records, "tokenize", progress) as bar:
-            counts = _tokenize_file(
+        with progress_bar(self.num_records, "tokenize", progress) as bar:
+            counts = tokenize_file(
                 tokenizer, self.path, examples, source=self.source, bar=bar,
                 max_seq_len=max_seq_len, assistant_only=assistant_only, truncation=truncation,
             )  # fmt: skip
         packing = None
         if pack:
             try:
-                packing = _pack_file(examples, target, max_seq_len, pack_window)
+                packing = pack_file(examples, target, max_seq_len, pack_window)
             finally:
                 examples.unlink(missing_ok=True)
         rows = counts[0] if packing is None else packing.bins
@@ -611,7 +491,7 @@ def _build(
     clean = phi != "off" or dedup != "off"
     first = target.with_name(f"valid-{target.name}") if clean else target
     try:
-        with _progress(None, "validate", progress) as bar:
+        with progress_bar(None, "validate", progress) as bar:
             stats = _write_records(_validated(path, load, problems, bar), first)
         try:
             skipped = settle_problems(problems, kept=stats.records, options=load, locate=jsonl_line)
@@ -656,178 +536,3 @@ def _clean(
         found, num_records=stats.records, kinds=stats.kinds, fingerprint=stats.fingerprint,
         phi=cleaner.phi_report(), dedup=cleaner.dedup_report(),
     )  # fmt: skip
-
-
-def _tokenize_file(
-    tokenizer: Any,
-    records: Path,
-    target: Path,
-    *,
-    source: str,
-    bar: Any,
-    max_seq_len: int,
-    assistant_only: bool,
-    truncation: Truncation,
-) -> tuple[int, int, int]:
-    """Examples written to ``target``, truncated, dropped (``ClinicalDataset.prepare``'s
-    rules); a template problem names the record's file line."""
-    truncated = dropped = 0
-    with arrow_writer(target, _token_schema(False)) as out:
-        for batch in read_batches(records):
-            conversations = [json.loads(m) for m in batch.column("messages").to_pylist()]
-            try:
-                kept, t, d = tokenize_all(
-                    tokenizer, conversations, max_seq_len=max_seq_len,
-                    assistant_only=assistant_only, truncation=truncation,
-                )  # fmt: skip
-            except DatasetError as exc:
-                relocate(exc, batch.column("index").to_pylist(), source, jsonl_line)
-                raise type(exc)(list(exc.problems), hint=exc.hint) from None
-            truncated, dropped = truncated + t, dropped + d
-            for e in kept:
-                out.add(input_ids=e.input_ids, labels=e.labels, truncated=e.truncated)
-            out.flush()
-            bar.update(len(conversations))
-    return out.rows, truncated, dropped
-
-
-def _pack_file(examples: Path, target: Path, max_seq_len: int, window: int) -> PackingReport:
-    """Pack the examples of ``examples`` window by window into rows written to ``target``."""
-    pa = _pa()
-    totals = [0, 0, 0]
-    with arrow_writer(target, _token_schema(True)) as out:
-        pending: list[Any] = []
-        for batch in read_batches(examples):
-            pending.append(batch)
-            if sum(b.num_rows for b in pending) >= window:
-                _pack_window(pa.Table.from_batches(pending), out, max_seq_len, totals)
-                pending = []
-        if pending:
-            _pack_window(pa.Table.from_batches(pending), out, max_seq_len, totals)
-    return PackingReport(
-        examples=totals[0], bins=totals[1], tokens=totals[2], max_seq_len=max_seq_len
-    )
-
-
-def _pack_window(table: Any, out: _Writer, max_seq_len: int, totals: list[int]) -> None:
-    """Best-fit-decreasing bins of one window of examples, written as one record batch."""
-    import numpy as np
-
-    pa = _pa()
-    if not table.num_rows:
-        return
-    table = table.combine_chunks()
-    ids_col, labels_col = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
-    offsets = ids_col.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    bins, report = pack_examples(lengths.tolist(), max_seq_len)
-    order = pa.array(np.fromiter((i for b in bins for i in b), np.int64, len(lengths)))
-    sizes = np.array([len(b) for b in bins], dtype=np.int64)
-    in_order = lengths[order.to_numpy()]
-    row_tokens = np.add.reduceat(in_order, np.cumsum(sizes) - sizes)
-    row_offsets = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]), pa.int32())
-    size_offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
-    columns = [
-        pa.ListArray.from_arrays(row_offsets, ids_col.take(order).flatten()),
-        pa.ListArray.from_arrays(row_offsets, labels_col.take(order).flatten()),
-        pa.ListArray.from_arrays(size_offsets, pa.array(in_order, pa.int32())),
-    ]
-    out.writer.write_batch(pa.record_batch(columns, schema=out.schema))
-    out.rows += len(bins)
-    totals[0] += report.examples
-    totals[1] += report.bins
-    totals[2] += report.tokens
-
-
-@attrs.frozen(kw_only=True)
-class ArrowPrepared:
-    """Tokenized (optionally packed) examples in an Arrow file: ``ArrowDataset.prepare``."""
-
-    path: Path
-    """Packed rows (``input_ids``, ``labels``, example ``lengths``) or examples
-    (``input_ids``, ``labels``, ``truncated``); ``datasets.Dataset.from_file`` opens it."""
-    packed: bool
-    """Whether :attr:`path` holds packed rows."""
-    rows: int
-    """Rows in :attr:`path`."""
-    examples: int
-    """Examples kept."""
-    truncated: int
-    """Examples cut to ``max_seq_len``."""
-    dropped: int
-    """Examples dropped (too long with ``truncation="drop"``, or no supervised token)."""
-    packing: PackingReport | None
-    """Packing efficiency, when packed."""
-    cache_key: str
-    """Hash of data fingerprint, tokenizer and settings."""
-    from_cache: bool = False
-    """Whether this came from the cache."""
-
-    @classmethod
-    def from_meta(
-        cls, path: Path, meta: Mapping[str, Any], *, from_cache: bool = True
-    ) -> ArrowPrepared:
-        """Read back what :meth:`ArrowDataset.prepare` wrote beside ``path``."""
-        packing = meta["packing"]
-        return cls(
-            path=path, packed=meta["packed"], rows=meta["rows"], examples=meta["examples"],
-            truncated=meta["truncated"], dropped=meta["dropped"],
-            packing=None if packing is None else PackingReport(**packing),
-            cache_key=meta["cache_key"], from_cache=from_cache,
-        )  # fmt: skip
-
-    def to_hf(self) -> Any:
-        """The rows as a memory-mapped ``datasets.Dataset``."""
-        datasets = require("datasets", "ArrowPrepared.to_hf")
-        return datasets.Dataset.from_file(str(self.path))
-
-    def items(self) -> ArrowRows:
-        """The rows, read lazily: packed rows as lists of :class:`TokenizedExample`, else one
-        :class:`TokenizedExample` each (what ``PreparedData.rows()`` / ``.examples`` hold)."""
-        return ArrowRows(self.to_hf(), packed=self.packed)
-
-    def lengths(self) -> list[int]:
-        """Token count of every example, read one batch at a time."""
-        column = "lengths" if self.packed else "input_ids"
-        out: list[int] = []
-        for batch in read_batches(self.path):
-            values = batch.column(column)
-            out.extend((values.flatten() if self.packed else _list_lengths(values)).to_pylist())
-        return out
-
-
-def _list_lengths(values: Any) -> Any:
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(values)
-
-
-class ArrowRows(Sequence[Any]):
-    """Random access to the rows of a prepared Arrow file, built into examples on demand."""
-
-    def __init__(self, table: Any, *, packed: bool) -> None:
-        self.table, self.packed = table, packed
-
-    def __len__(self) -> int:
-        return int(self.table.num_rows)
-
-    def __getitem__(self, index: Any) -> Any:
-        if not isinstance(index, int):
-            raise TypeError("ArrowRows takes one integer index")
-        row = self.table[index]
-        if not self.packed:
-            return TokenizedExample(
-                input_ids=tuple(row["input_ids"]),
-                labels=tuple(row["labels"]),
-                truncated=row["truncated"],
-            )
-        out, at = [], 0
-        for n in row["lengths"]:
-            out.append(
-                TokenizedExample(
-                    input_ids=tuple(row["input_ids"][at : at + n]),
-                    labels=tuple(row["labels"][at : at + n]),
-                )
-            )
-            at += n
-        return out
